@@ -1,0 +1,130 @@
+"""Query and gallery texts of a run, grouped into retrieval episodes.
+
+An episode holds the four text sets that one evaluation needs:
+
+- text to image: the human captions are the queries; the database texts of
+  every image (RSRT variants, or held-out human captions) form the gallery,
+  and an image's score aggregates the scores of its texts;
+- image to text: each image's query texts are the queries; the gallery is
+  the set of texts the image must find among all others.
+
+A method run is one episode. The human-holdout oracle is five, one per fold:
+in fold f, caption f of each image is the query and the image's other
+captions are its database texts. Its image-to-text queries are those same
+held-out captions, ranked against every database text of the fold, a hit
+when one of the image's own texts is within K.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .data import Dataset
+from .rsrt import RSRTRecord, image_key, record_texts
+
+
+@dataclass
+class TextSet:
+    """Texts with the dataset index of the image each belongs to."""
+
+    texts: list[str]
+    image_index: np.ndarray
+    ids: list[str]
+
+    def __post_init__(self) -> None:
+        self.image_index = np.asarray(self.image_index, dtype=np.int64)
+        if not (len(self.texts) == len(self.image_index) == len(self.ids)):
+            raise ValueError(f"texts ({len(self.texts)}), image_index ({len(self.image_index)}) "
+                             f"and ids ({len(self.ids)}) differ in length")
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass
+class Episode:
+    """One evaluation: queries and gallery for both directions over ``n_images`` images."""
+
+    name: str
+    n_images: int
+    t2i_queries: TextSet
+    t2i_gallery: TextSet
+    i2t_queries: TextSet
+    i2t_gallery: TextSet
+
+    def all_texts(self) -> list[str]:
+        """Every text of the episode, without repeats, in first-seen order."""
+        seen: dict[str, None] = {}
+        for text_set in (self.t2i_queries, self.t2i_gallery, self.i2t_queries, self.i2t_gallery):
+            seen.update(dict.fromkeys(text_set.texts))
+        return list(seen)
+
+
+def human_caption_set(dataset: Dataset) -> TextSet:
+    """Every human caption of the dataset, ids ``<image_id>#<position>``."""
+    texts, owners, positions = dataset.captions_flat()
+    ids = [f"{dataset.items[o].image_id}#{p}" for o, p in zip(owners, positions)]
+    return TextSet(texts, owners, ids)
+
+
+def rsrt_text_set(dataset: Dataset, records: Sequence[RSRTRecord], fields: Sequence[str],
+                  mode: str = "joined", n_variants: int | None = None) -> TextSet:
+    """Database texts of the RSRT records, matched to dataset images by file name.
+
+    Raises ``ValueError`` naming the images that have no record, and the
+    records whose image is not in the dataset, so that no image silently
+    drops out of the gallery.
+    """
+    by_key = {image_key(record.image): record for record in records}
+    missing = [item.image_id for item in dataset.items if item.image_id not in by_key]
+    if missing:
+        raise ValueError(f"{len(missing)} of {dataset.n_images} images have no RSRT record, "
+                         f"for example {missing[:5]}; caption them first")
+    texts: list[str] = []
+    owners: list[int] = []
+    ids: list[str] = []
+    for index, item in enumerate(dataset.items):
+        record = by_key[item.image_id]
+        record_n = record_texts(record, fields, mode, n_variants)
+        texts.extend(record_n)
+        owners.extend([index] * len(record_n))
+        ids.extend(f"{item.image_id}@{k}" for k in range(len(record_n)))
+    return TextSet(texts, owners, ids)
+
+
+def method_episode(dataset: Dataset, database: TextSet, image_queries: TextSet) -> Episode:
+    """The episode of the method: captions query the database texts, image queries search the captions."""
+    captions = human_caption_set(dataset)
+    return Episode(name="all", n_images=dataset.n_images, t2i_queries=captions, t2i_gallery=database,
+                   i2t_queries=image_queries, i2t_gallery=captions)
+
+
+def holdout_episodes(dataset: Dataset) -> list[Episode]:
+    """The five folds of the human-holdout oracle (an upper bound, not the method).
+
+    Fold f takes caption f of every image as its query and the image's other
+    captions as its database texts. Images with fewer than f captions have no
+    query in fold f, so the folds are defined by the largest caption count.
+    """
+    n_folds = max(len(item.captions) for item in dataset.items)
+    episodes = []
+    for fold in range(n_folds):
+        q_texts, q_owner, q_ids, g_texts, g_owner, g_ids = [], [], [], [], [], []
+        for index, item in enumerate(dataset.items):
+            for position, caption in enumerate(item.captions):
+                if position == fold:
+                    q_texts.append(caption)
+                    q_owner.append(index)
+                    q_ids.append(f"{item.image_id}#{position}")
+                else:
+                    g_texts.append(caption)
+                    g_owner.append(index)
+                    g_ids.append(f"{item.image_id}#{position}")
+        queries = TextSet(q_texts, q_owner, q_ids)
+        gallery = TextSet(g_texts, g_owner, g_ids)
+        episodes.append(Episode(name=f"fold{fold + 1}", n_images=dataset.n_images, t2i_queries=queries,
+                                t2i_gallery=gallery, i2t_queries=queries, i2t_gallery=gallery))
+    return episodes
