@@ -19,11 +19,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .data import Dataset
-from .rsrt import RSRTRecord, image_key, record_texts
+from .rsrt import RSRTRecord, image_key, iter_jsonl, read_records, record_texts
+
+if TYPE_CHECKING:
+    from .params import RunParams
 
 
 @dataclass
@@ -128,3 +133,48 @@ def holdout_episodes(dataset: Dataset) -> list[Episode]:
         episodes.append(Episode(name=f"fold{fold + 1}", n_images=dataset.n_images, t2i_queries=queries,
                                 t2i_gallery=gallery, i2t_queries=queries, i2t_gallery=gallery))
     return episodes
+
+
+def image_query_set(dataset: Dataset, queries: dict[str, list[str]]) -> TextSet:
+    """Image-to-text query texts from ``{image_id: [texts]}``; images without queries raise ``ValueError``."""
+    missing = [item.image_id for item in dataset.items if not queries.get(item.image_id)]
+    if missing:
+        raise ValueError(f"{len(missing)} of {dataset.n_images} images have no image-query text, "
+                         f"for example {missing[:5]}; run the image-query step of 01_captioning first")
+    texts: list[str] = []
+    owners: list[int] = []
+    ids: list[str] = []
+    for index, item in enumerate(dataset.items):
+        for number, text in enumerate(queries[item.image_id]):
+            texts.append(text)
+            owners.append(index)
+            ids.append(f"{item.image_id}?{number}")
+    return TextSet(texts, owners, ids)
+
+
+def build_run_episodes(params: "RunParams", dataset: Dataset, run_folder: Path) -> list[Episode]:
+    """Build the episodes of a run from what 01_captioning left in ``run_folder``.
+
+    The oracle needs no files. A method run reads ``rsrt.jsonl`` for the
+    database texts (fields, text mode and variant count from ``params``) and,
+    for image-to-text, either the same RSRT texts or ``image_queries.jsonl``.
+    """
+    if params.is_oracle:
+        return holdout_episodes(dataset)
+    rsrt_path = Path(run_folder) / "rsrt.jsonl"
+    if not rsrt_path.is_file():
+        raise FileNotFoundError(f"{rsrt_path} not found; run 01_captioning for run '{params.run_name}' first")
+    records = read_records(rsrt_path)
+    database = rsrt_text_set(dataset, records, params.db_fields, params.db_text_mode, params.n_variants)
+    if params.image_query_source == "rsrt":
+        image_queries = database
+    else:
+        queries_path = Path(run_folder) / "image_queries.jsonl"
+        if not queries_path.is_file():
+            raise FileNotFoundError(f"{queries_path} not found; run 01_captioning with "
+                                    f"image_query_source 'image_queries' first")
+        by_image: dict[str, list[str]] = {}
+        for _, obj in iter_jsonl(queries_path):
+            by_image[image_key(obj["image"])] = list(obj["queries"])
+        image_queries = image_query_set(dataset, by_image)
+    return [method_episode(dataset, database, image_queries)]

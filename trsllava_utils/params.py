@@ -174,3 +174,13 @@ def load_params(path: str | os.PathLike) -> RunParams:
 def notebook_params(params: RunParams) -> dict[str, Any]:
     """Return the parameters as plain values for papermill's ``parameters`` cell."""
     return params.model_dump(mode="json")
+
+
+def params_from_namespace(namespace: dict[str, Any], source: str = "notebook parameters") -> RunParams:
+    """Validate the parameter variables found in a notebook's namespace (``globals()``).
+
+    Only names of :class:`RunParams` fields are read, so the notebook's other
+    variables never clash with the schema.
+    """
+    values = {name: namespace[name] for name in RunParams.model_fields if name in namespace}
+    return validate_params(values, source=source)
