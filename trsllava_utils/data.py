@@ -140,7 +140,7 @@ REGISTRY: dict[str, dict[str, SplitFiles]] = {
     "rsicd": {"test": SplitFiles("rsicd/test.json", "rsicd/images", None),
               "val": SplitFiles("rsicd/val.json", "rsicd/images", None)},
     # The UCM-captions and Sydney-captions releases ship one Karpathy-style
-    # dataset.json for all splits; their image folder is "imgs", renamed here to images/.
+    # dataset.json for all splits. Their image folder imgs/ is read when images/ is absent.
     "ucm": {split: SplitFiles("ucm/dataset.json", "ucm/images", None) for split in ("train", "val", "test")},
     "sydney": {split: SplitFiles("sydney/dataset.json", "sydney/images", None)
                for split in ("train", "val", "test")},
@@ -163,12 +163,12 @@ CAPTIONS_PER_IMAGE: dict[str, int] = {"demo": 5, "rsitmd": 5, "rsicd": 5, "ucm":
 def _resolve_user_path(value: str | os.PathLike, root: Path, what: str) -> Path:
     """Resolve a user path: absolute as given, else under the data root, the project, or the working folder."""
     path = Path(value).expanduser()
-    if path.is_absolute():
-        return path
-    candidates = [root / path, PROJECT_ROOT / path, Path.cwd() / path]
+    candidates = [path] if path.is_absolute() else [root / path, PROJECT_ROOT / path, Path.cwd() / path]
     for candidate in candidates:
         if candidate.exists():
             return candidate
+    if path.is_absolute():
+        raise DatasetError(f"{what} not found: {path}; check the path")
     tried = ", ".join(str(c) for c in candidates)
     raise DatasetError(f"{what} not found: {value} (tried {tried}); give an absolute path or one "
                        "relative to the data root")
@@ -200,6 +200,17 @@ def _missing_registered_file(path: Path, name: str, split: str, root: Path) -> D
            else f"Place your copy at {path}, or point")
     return DatasetError(f"captions file not found: {path} (dataset {name!r}, split {split!r}). {fix} "
                         f"data_root or TRSLLAVA_DATA at the folder that contains {relative}")
+
+
+def _registered_image_dir(root: Path, relative: str | None) -> Path | None:
+    """Return a registered image folder, or its ``imgs`` sibling when only that one exists."""
+    if relative is None:
+        return None
+    folder = root / relative
+    fallback = folder.with_name("imgs")
+    if not folder.is_dir() and fallback.is_dir():
+        return fallback
+    return folder
 
 
 def _resolve_image_path(image_dir: Path, image: str) -> Path:
@@ -285,7 +296,7 @@ def load_dataset(name: str, split: str = "test", data_root: str | os.PathLike | 
             source = _resolve_user_path(captions_file, root, "captions file")
         elif not source.exists():
             raise _missing_registered_file(source, name, split, root)
-        images = root / files.images if files.images else None
+        images = _registered_image_dir(root, files.images)
         rsrt_file = root / files.rsrt if files.rsrt else None
     if image_dir is not None:
         images = _resolve_user_path(image_dir, root, "image folder")
@@ -359,15 +370,18 @@ def load_dataset_from_params(params: RunParams, *, check_images: bool = False) -
 def summarize_dataset(ds: Dataset) -> dict[str, Any]:
     """Return the statistics a notebook shows before using a dataset.
 
-    Keys: ``images``, ``captions``, ``distinct_captions`` (exact strings),
-    ``captions_per_image`` (count to number of images),
-    ``duplicates_within_image`` (captions equal to an earlier caption of the
-    same image), ``images_with_duplicates``, ``captions_shared_across_images``
-    (distinct strings found in two or more images) and
-    ``captions_in_shared_strings`` (their occurrences), ``words_per_caption``
-    (min, mean, median, p95, max of white-space separated words),
-    ``class_counts`` (label to images, most frequent first) and
-    ``unlabelled_images``.
+    Keys besides ``dataset``, ``split``, ``images`` and ``captions``:
+
+    - ``distinct_captions``: distinct caption strings (exact comparison);
+    - ``captions_per_image``: caption count to number of images;
+    - ``duplicates_within_image``: captions equal to an earlier caption of the
+      same image, and ``images_with_duplicates``: images with at least one;
+    - ``captions_shared_across_images``: distinct strings found in two or more
+      images, and ``captions_in_shared_strings``: their occurrences;
+    - ``words_per_caption``: min, mean, median, p95 and max of white-space
+      separated words;
+    - ``class_counts``: label to number of images, most frequent first, and
+      ``unlabelled_images``.
     """
     texts, owners, _ = ds.captions_flat()
     within = 0
@@ -377,7 +391,7 @@ def summarize_dataset(ds: Dataset) -> dict[str, Any]:
         within += repeats
         images_with_duplicates += repeats > 0
     owners_of: dict[str, set[int]] = {}
-    for text, owner in zip(texts, owners.tolist()):
+    for text, owner in zip(texts, owners.tolist(), strict=True):
         owners_of.setdefault(text, set()).add(owner)
     shared = {text for text, images in owners_of.items() if len(images) > 1}
     words = np.asarray([len(text.split()) for text in texts], dtype=np.float64)
@@ -417,6 +431,21 @@ def summary_table(summary: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["statistic", "value"])
 
 
+def _open_rgb(path: Path | None) -> tuple[np.ndarray | None, str]:
+    """Return an image's RGB pixels, or None and the reason it cannot be drawn."""
+    from PIL import Image
+
+    if path is None:
+        return None, "no image folder"
+    if not path.is_file():
+        return None, "image not found"
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB")), ""
+    except (OSError, ValueError):
+        return None, "image unreadable"
+
+
 def show_examples(ds: Dataset, n: int = 4, seed: int = 0, wrap: int = 42) -> Figure:
     """Draw ``n`` images picked at random (seeded) with their id, label and captions.
 
@@ -424,7 +453,6 @@ def show_examples(ds: Dataset, n: int = 4, seed: int = 0, wrap: int = 42) -> Fig
     labelled blank tile, so the figure works on caption-only datasets.
     """
     from matplotlib.figure import Figure
-    from PIL import Image
 
     rng = np.random.default_rng(seed)
     count = min(n, ds.n_images)
@@ -440,16 +468,12 @@ def show_examples(ds: Dataset, n: int = 4, seed: int = 0, wrap: int = 42) -> Fig
         text_ax = figure.add_subplot(grid[2 * row + 1, column])
         image_ax.set_axis_off()
         text_ax.set_axis_off()
-        try:
-            with Image.open(item.path) as image:  # type: ignore[arg-type]
-                image_ax.imshow(np.asarray(image.convert("RGB")))
-        except (OSError, TypeError, ValueError):
+        pixels, reason = _open_rgb(item.path)
+        if pixels is None:
             image_ax.imshow(np.full((64, 64, 3), 0.92))
-            if item.path is None:
-                reason = "no image folder"
-            else:
-                reason = "image unreadable" if item.path.is_file() else "image not found"
             image_ax.text(32, 32, f"{reason}\n{item.image_id}", ha="center", va="center", fontsize=8)
+        else:
+            image_ax.imshow(pixels)
         title = item.image_id if item.label is None else f"{item.image_id} ({item.label})"
         image_ax.set_title(title, fontsize=9)
         lines = [textwrap.fill(f"{number}. {caption}", wrap) for number, caption in

@@ -1,7 +1,7 @@
 """Readers for the caption file formats of remote-sensing image-text retrieval.
 
-Four formats are read, and :func:`detect_format` tells them apart from the
-file itself:
+Four formats are read, and :func:`detect_format` recognises each from the
+file's name and first characters:
 
 - ``json``: a JSON list of ``{"image": ..., "caption": [...]}`` records, one
   per image. A record whose ``caption`` is a single string holds one caption,
@@ -326,7 +326,7 @@ def read_precomp(path: Path, split: str) -> ParseResult:
     grouper = _Grouper(caps_path, Problems())
     if len(captions) == len(names):
         layout = "one filename line per caption (test-split layout)"
-        for number, (caption, name) in enumerate(zip(captions, names), start=1):
+        for number, (caption, name) in enumerate(zip(captions, names, strict=True), start=1):
             grouper.add_caption(name.strip(), caption, None, f"line {number}")
     elif len(captions) % len(names) == 0 and len(set(names)) == len(names):
         per_image = len(captions) // len(names)
