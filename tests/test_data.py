@@ -15,6 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
@@ -584,6 +585,7 @@ def test_examples_missing_tiles():
     assert isinstance(figure, Figure)
     assert len(figure.axes) == 4
     texts = [t.get_text() for ax in figure.axes for t in ax.texts]
+    plt.close(figure)
     assert sum(t.startswith("no image folder\n") for t in texts) == 2
 
 
@@ -591,12 +593,14 @@ def test_examples_bad_files(tmp_path):
     path, images = _images_case(tmp_path)
     figure = show_examples(_custom(path, image_dir=images), n=3, seed=0)
     texts = sorted(t.get_text() for ax in figure.axes for t in ax.texts if t.get_text().startswith("image"))
+    plt.close(figure)
     assert texts == ["image not found\ngone.png", "image unreadable\nbroken.png"]
 
 
 def test_examples_real_images(data_root):
     figure = show_examples(load_dataset("demo", data_root=data_root), n=4, seed=0)
     image_axes = figure.axes[0::2]
+    plt.close(figure)
     assert len(image_axes) == 4
     assert all(len(ax.images) == 1 for ax in image_axes)
     assert all(ax.images[0].get_array().shape[:2] in ((224, 224), (256, 256)) for ax in image_axes)

@@ -452,14 +452,15 @@ def show_examples(ds: Dataset, n: int = 4, seed: int = 0, wrap: int = 42) -> Fig
     An image missing on disk, or a dataset without images, is drawn as a
     labelled blank tile, so the figure works on caption-only datasets.
     """
-    from matplotlib.figure import Figure
+    import matplotlib.pyplot as plt
 
     rng = np.random.default_rng(seed)
     count = min(n, ds.n_images)
     picks = sorted(rng.choice(ds.n_images, size=count, replace=False).tolist())
     columns = min(count, 4)
     rows = -(-count // columns)
-    figure = Figure(figsize=(3.2 * columns, 5.4 * rows), layout="constrained")
+    # A pyplot figure, like those of the plotting module, so the inline backend shows it after the cell.
+    figure = plt.figure(figsize=(3.2 * columns, 5.4 * rows), layout="constrained")
     grid = figure.add_gridspec(2 * rows, columns, height_ratios=[3, 2.4] * rows)
     for slot, index in enumerate(picks):
         item = ds.items[index]
