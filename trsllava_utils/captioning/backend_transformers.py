@@ -74,28 +74,53 @@ class TransformersCaptioner(Captioner):
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"no model folder at {path} (config.json not found); set 'captioner_model' "
                                     f"to a folder written by save_pretrained, e.g. a downloaded llava-1.5-7b-hf")
-        super().__init__(path.resolve().name, n_variants=n_variants, generation_mode=generation_mode,
-                         batch_size=batch_size, temperature=temperature)
+        target_device = pick_device(device)
+        target_dtype = pick_dtype(target_device, dtype)
+        processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+        net = AutoModelForImageTextToText.from_pretrained(path, dtype=target_dtype, local_files_only=True)
+        self._setup(net.to(target_device), processor, name=path.resolve().name, n_variants=n_variants,
+                    generation_mode=generation_mode, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                    min_new_tokens=min_new_tokens, temperature=temperature, seed=seed)
         self.model_path = path.resolve()
+        logger.info("loaded %s (%s) on %s as %s", path, type(net).__name__, self.device, self.dtype)
+
+    @classmethod
+    def from_model(cls, net: Any, processor: Any, *, name: str, n_variants: int = 5,
+                   generation_mode: str = "single", batch_size: int = 4, max_new_tokens: int = 768,
+                   min_new_tokens: int | None = None, temperature: float = 0.7,
+                   seed: int = 0) -> "TransformersCaptioner":
+        """Wrap a model and processor already in memory (for example a random model built for a benchmark).
+
+        The model stays on its device and in its dtype; ``name`` is the model identity records carry.
+        """
+        captioner = cls.__new__(cls)
+        captioner._setup(net, processor, name=name, n_variants=n_variants, generation_mode=generation_mode,
+                         batch_size=batch_size, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                         temperature=temperature, seed=seed)
+        captioner.model_path = None
+        return captioner
+
+    def _setup(self, net: Any, processor: Any, *, name: str, n_variants: int, generation_mode: str,
+               batch_size: int, max_new_tokens: int, min_new_tokens: int | None, temperature: float,
+               seed: int) -> None:
+        super().__init__(name, n_variants=n_variants, generation_mode=generation_mode, batch_size=batch_size,
+                         temperature=temperature)
+        if getattr(processor, "chat_template", None) is None:
+            raise ValueError(f"model {name!r}: the processor has no chat template; add chat_template.jinja "
+                             f"(or 'chat_template' in processor_config.json) from the model's release")
         self.max_new_tokens = max_new_tokens
         self.min_new_tokens = min_new_tokens
-        self.device = pick_device(device)
-        self.dtype = pick_dtype(self.device, dtype)
-        torch.manual_seed(seed)
-
-        self.processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-        if getattr(self.processor, "chat_template", None) is None:
-            raise ValueError(f"{path}: the processor has no chat template; add chat_template.jinja (or "
-                             f"'chat_template' in processor_config.json) from the model's release")
-        self.tokenizer = self.processor.tokenizer
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.net = AutoModelForImageTextToText.from_pretrained(path, dtype=self.dtype, local_files_only=True)
-        self.net.to(self.device).eval()
+        self.net = net.eval()
+        self.device = next(net.parameters()).device
+        self.dtype = next(net.parameters()).dtype
+        torch.manual_seed(seed)
         self.generated_tokens = 0
         """Tokens generated so far, padding excluded; benchmarks read it."""
-        logger.info("loaded %s (%s) on %s as %s", path, type(self.net).__name__, self.device, self.dtype)
 
     def chat_text(self, prompt: str) -> str:
         """Return the prompt with one image, formatted by the processor's chat template."""
