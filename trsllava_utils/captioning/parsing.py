@@ -37,6 +37,7 @@ _FIELD_ALIASES = {
 }
 
 _FENCE = re.compile(r"```[A-Za-z0-9_-]*\s*\n?(.*?)(?:```|$)", re.DOTALL)
+_MAX_OPENERS = 64
 _TRAILING_COMMA = re.compile(r",(\s*[}\]])")
 _CURLY_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'"})
 
@@ -80,22 +81,24 @@ def _balanced_span(text: str, start: int) -> str | None:
 
 
 def _candidates(text: str) -> list[str]:
-    """Spans of ``text`` that may hold the JSON value, most likely first."""
+    """Spans of ``text`` that may hold the JSON value, in order of their start.
+
+    Every balanced span from each of the first ``_MAX_OPENERS`` brackets comes
+    first, then the span from the first opening to the last closing bracket
+    (for a string with an unescaped quote), then the whole text.
+    """
     body = _strip_fence(text.translate(_CURLY_QUOTES)).strip()
     spans = []
-    for opener in "{[":
-        start = body.find(opener)
-        if start < 0:
-            continue
+    starts = [match.start() for match in re.finditer(r"[{\[]", body)][:_MAX_OPENERS]
+    for start in starts:
         span = _balanced_span(body, start)
         if span:
-            spans.append((start, span))
-        end = body.rfind("}" if opener == "{" else "]")
-        if end > start:
-            spans.append((start, body[start:end + 1]))
-    # The value that starts first is the outer one: '{"variants": [' before '['.
-    spans.sort(key=lambda item: item[0])
-    return [span for _, span in spans] + [body]
+            spans.append(span)
+    if starts:
+        end = max(body.rfind("}"), body.rfind("]"))
+        if end > starts[0]:
+            spans.append(body[starts[0]:end + 1])
+    return spans + [body]
 
 
 def _load_lenient(span: str) -> Any:
@@ -122,13 +125,20 @@ def extract_json(text: str) -> Any:
     Raises:
         ReplyError: No repair gave a JSON object or list.
     """
+    fallback = None
     for span in _candidates(text):
         try:
             value = _load_lenient(span)
         except ValueError:
             continue
-        if isinstance(value, (dict, list)):
+        # An object, or a list of objects, is the reply; a list such as "[1]" in prose is a last resort.
+        if isinstance(value, dict) or (isinstance(value, list) and value and
+                                       all(isinstance(part, dict) for part in value)):
             return value
+        if isinstance(value, list) and fallback is None:
+            fallback = value
+    if fallback is not None:
+        return fallback
     raise ReplyError(f"no JSON object found in the reply ({len(text)} characters)", text)
 
 
