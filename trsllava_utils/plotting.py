@@ -511,7 +511,7 @@ def plot_rank_cdf(ranks: Mapping[str, pd.DataFrame], *, ks: Sequence[int] = (1, 
                 max_rank = max(max_rank, int(distinct[-1]))
             for k in ks:
                 ax.axvline(k, color="grey", linewidth=0.5, linestyle=":")
-            upper = max(max_rank, max(ks))
+            upper = max([max_rank, *ks])
             if log_x:
                 ax.set_xscale("log")
                 ticks = sorted({1, *ks, *(10 ** power for power in range(1, len(str(upper))))})
