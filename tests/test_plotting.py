@@ -1,4 +1,4 @@
-"""Tests of the paper figures: files written, axes labelled, one bar or line per series."""
+"""Tests of the paper figures: files written, axes labelled with units, one bar or line per series."""
 
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ import pandas as pd
 logger = logging.getLogger(__name__)
 
 PUBLISHED_FILE = Path(__file__).with_name("published_results.csv")
-"""The package data file that holds the published results."""
+"""The package data file with the published results."""
 
 Kind = Literal["supervised", "zero-shot", "training-free"]
 KINDS: tuple[str, ...] = ("supervised", "zero-shot", "training-free")

@@ -1,8 +1,8 @@
 """An interactive explorer of what a run retrieves, and why, built on ipywidgets.
 
 Type a query or pick a human caption of the dataset, choose a run, and see
-the top-k images with their scores and the database text that matched best;
-pick an image to see its RSRT variants (or, for the oracle, its held-out
+the top-k images with their scores and the database text that matched best.
+Pick an image to see its RSRT variants (for the oracle, its held-out
 captions) and the captions that retrieve it.
 
 All logic lives in plain methods (:meth:`RetrievalExplorer.search`,
@@ -51,18 +51,18 @@ TEXT_PREVIEW_CHARS = 220
 """Characters of a database text shown in a result row before it is cut with an ellipsis."""
 
 TABLE_THUMBNAIL_PX = 96
-"""Longest side, in pixels, of the thumbnails in the HTML tables."""
+"""Maximum side, in pixels, of the thumbnails in the HTML tables."""
 
 Embed = Callable[[list[str]], np.ndarray]
 
 
 class ExplorerError(ValueError):
-    """A run folder or a request the explorer cannot serve; the message says what to run or pass."""
+    """A run folder or a request the explorer cannot serve; the message names what to run or pass."""
 
 
 @dataclass
 class ExplorerRun:
-    """What the explorer needs of one run: its database texts and their vectors, ranks and RSRT records.
+    """The data of one run that the explorer reads: database texts and their vectors, ranks and RSRT records.
 
     Attributes:
         name: The run name.

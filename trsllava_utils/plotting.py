@@ -2,8 +2,8 @@
 
 Every figure function returns a matplotlib ``Figure`` drawn under
 :func:`paper_style` and leaves saving to :func:`save_figure`. The palette is
-Okabe and Ito's colour-blind-safe set; bars also differ by hatch and lines by
-marker and dash, so each figure still reads when printed in greyscale.
+Okabe and Ito's colour-blind-safe set. Bars also differ by hatch, and lines
+by marker and dash, so each figure still reads when printed in greyscale.
 Recalls and mR are percentages, as in ``metrics.json``.
 """
 
@@ -30,10 +30,10 @@ from .summary import metric_header, metric_keys
 logger = logging.getLogger(__name__)
 
 ONE_COLUMN_WIDTH_IN = 3.5
-"""Width of a one-column figure in inches (IEEE and most two-column layouts: 3.5 in)."""
+"""Width of a one-column figure in inches; about the column width of two-column journal layouts."""
 
 TWO_COLUMN_WIDTH_IN = 7.16
-"""Width of a figure across both columns in inches (IEEE: 7.16 in)."""
+"""Width of a figure across both columns in inches; about the text width of two-column journal layouts."""
 
 PALETTE: tuple[str, ...] = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 """Okabe-Ito colours (blue, orange, bluish green, vermillion, reddish purple, sky blue, yellow, black),
@@ -194,7 +194,7 @@ def plot_recalls(metrics: Mapping[str, Any] | Sequence[Mapping[str, Any]] | pd.D
             Rows of the runs' datasets are drawn in a second panel as
             horizontal mR bars, sorted together with each run's mR. When none
             match (demo runs), every row is drawn with its dataset in the
-            label, and the panel title says the splits differ.
+            label, under a legend title that warns that the splits differ.
         width: Figure width in inches. Below 5 in the mR panel goes under the
             recall panel instead of beside it.
         height: Figure height in inches; by default it grows with the number of
@@ -654,7 +654,7 @@ TOP_K_SHOWN = 5
 """Retrieved items per example query, the length of the ``top5`` column of ranks.csv."""
 
 THUMBNAIL_PX = 256
-"""Longest side, in pixels, of the image tiles of the example figures and the explorer."""
+"""Maximum side, in pixels, of the image tiles of the example figures and the explorer."""
 
 
 def load_thumbnail(path: str | os.PathLike | None, size: int = THUMBNAIL_PX) -> Any:

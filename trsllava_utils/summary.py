@@ -164,7 +164,7 @@ def collect_runs(output_root: str | os.PathLike, *, strict: bool = False) -> pd.
     """Read every run's metrics.json under ``output_root`` into one table.
 
     Args:
-        output_root: The outputs folder that holds one folder per run.
+        output_root: The outputs folder, with one folder per run.
         strict: Raise on the first unreadable metrics.json. When False, such a
             file is skipped with a logged warning, and the skipped paths are in
             ``df.attrs["skipped"]``, so one broken run does not hide a night of
@@ -413,6 +413,7 @@ def _latex_table(runs: pd.DataFrame, published: pd.DataFrame | None, dataset: st
     varying = _varying_axes(runs) if not runs.empty else []
     n_columns = 2 + len(varying) + len(keys)
     spec = "l" + "l" * len(varying) + "r" * len(keys) + "l"
+
     caption = (f"Retrieval on {latex_escape(_dataset_title(runs, dataset))}: R@K and mR in percent, "
                r"95\% bootstrap intervals over queries in brackets.")
     common = _common_settings(runs, varying) if not runs.empty else ""
@@ -420,12 +421,14 @@ def _latex_table(runs: pd.DataFrame, published: pd.DataFrame | None, dataset: st
         caption += f" Common settings: {latex_escape(common)}."
     if not runs.empty and runs["oracle"].any():
         caption += " Oracle rows are an upper bound (held-out human captions), not the method."
+
     lines = [r"\begin{table*}[t]", r"\centering", r"\small", r"\setlength{\tabcolsep}{3pt}",
              f"\\caption{{{caption}}}", f"\\label{{tab:summary-{latex_escape(dataset)}}}",
              f"\\begin{{tabular}}{{{spec}}}", r"\toprule",
              " & ".join(["Method / run", *(AXIS_HEADERS[axis] for axis in varying),
                          *(_latex_header(key) for key in keys), "Source"]) + r" \\",
              r"\midrule"]
+
     current_group = None
     for group, cells in table_rows(runs, published):
         if group != current_group:
@@ -483,7 +486,7 @@ def write_summary(df: pd.DataFrame, output_root: str | os.PathLike, *,
                   with_baselines: bool = True) -> dict[str, Path]:
     """Write ``summary.csv``, ``summary.md`` and ``summary.tex`` into ``output_root``.
 
-    The CSV holds the runs only, one row per run with every column of
+    The CSV contains the runs only, one row per run with every column of
     :func:`collect_runs` (full precision, intervals as ``<key>_lo`` and
     ``<key>_hi``). The Markdown and LaTeX files add the published results
     beside the runs when ``with_baselines`` is set.
