@@ -1,8 +1,8 @@
 """Time the transformers captioning backend at several batch sizes, side by side in one run.
 
 For each batch size the script generates replies to the RSRT prompt for the
-same images through :class:`TransformersCaptioner` (chat template, left
-padding, decoding only new tokens) and reports images per second, generated
+same images through :class:`TransformersCaptioner`, with its chat template,
+left padding and new-token decoding. It reports images per second, generated
 tokens per second, and the speed-up over batch size 1. Every reply is forced
 to the same length (``min_new_tokens = max_new_tokens``, greedy decoding),
 because a random model would otherwise stop at a random step; timing needs
@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.llava_7b_dims:
-        # NOTE: this branch has not been run on this project's machines (no GPU was available); it needs
-        # about 15 GB of GPU memory for the weights plus the KV cache of the largest batch.
+        # NOTE: this branch has not been run, because no GPU was available when it was written. By estimate
+        # it needs about 15 GB of GPU memory for the bfloat16 weights, plus the KV cache of the largest batch.
         if not torch.cuda.is_available():
             print("error: --llava-7b-dims needs a CUDA GPU", file=sys.stderr)
             return 2

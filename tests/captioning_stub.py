@@ -1,7 +1,7 @@
 """A stub OpenAI-compatible chat server on 127.0.0.1 for the captioning tests.
 
 Each request takes the next scripted action from a queue; with an empty
-queue the server answers with ``default`` (a callable of the request number).
+queue the server replies with ``default`` (a callable of the request number).
 Actions:
 
 - ``("reply", text)``: HTTP 200 with ``text`` as the message content;

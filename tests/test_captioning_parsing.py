@@ -158,7 +158,7 @@ def test_query_json_object():
 
 
 def test_query_empty_fails():
-    with pytest.raises(ReplyError, match="no sentence"):
+    with pytest.raises(ReplyError, match="no sentence found"):
         parse_query_reply("  \n ``` ```")
 
 

@@ -136,7 +136,7 @@ def test_transformers_per_variant_mode(tiny_llava, demo, tmp_path, monkeypatch):
     captioner = TransformersCaptioner(tiny_llava, n_variants=3, generation_mode="per_variant", batch_size=4,
                                       max_new_tokens=6, temperature=0.7)
     singles = [json.dumps(v) for v in _variants(0, 3)]
-    # Round 1 asks 3 times and gets variant 0 twice; round 2 asks once more for the missing one.
+    # Round 1 sends 3 requests and gets variant 0 twice, so round 2 requests the missing variant once more.
     calls = _force_replies(captioner, monkeypatch, [singles[0], singles[0], singles[1], singles[2]])
     one_image = dataclasses.replace(demo, items=demo.items[:1])
     report = run_captioning(one_image, captioner, tmp_path / "rsrt.jsonl", tmp_path / "failures.jsonl",
@@ -191,3 +191,32 @@ def test_make_captioner_transformers(tiny_llava):
 def test_transformers_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="captioner_model"):
         TransformersCaptioner(tmp_path / "nope")
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_next(tmp_path_factory):
+    """Folder of a tiny random LLaVA-NeXT, whose image token count depends on the image's shape."""
+    return save_random_llava(tmp_path_factory.mktemp("models") / "tiny-llava-next", "tiny",
+                             architecture="llava-next", seed=0)
+
+
+def test_llava_next_pads_on_the_left(tiny_llava_next, data_root, monkeypatch):
+    captioner = TransformersCaptioner(tiny_llava_next, batch_size=2, max_new_tokens=8, temperature=0.0)
+    square = load_image_rgb(data_root / "demo" / "images" / "00001.jpg")
+    wide = square.crop((0, 0, 224, 100))
+    alone = captioner.describe([square]) + captioner.describe([wide])
+    captured = {}
+    real_generate = captioner.net.generate
+
+    def spy(**kwargs):
+        captured.update(kwargs)
+        return real_generate(**kwargs)
+
+    monkeypatch.setattr(captioner.net, "generate", spy)
+    batched = captioner.describe([square, wide])
+    input_ids, mask = captured["input_ids"], captured["attention_mask"]
+    pad = captioner.tokenizer.pad_token_id
+    assert int(mask[0].sum()) > int(mask[1].sum())
+    assert int(input_ids[1, 0]) == pad
+    assert int(input_ids[0, -1]) == int(input_ids[1, -1]) != pad
+    assert batched == alone

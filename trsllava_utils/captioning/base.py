@@ -5,7 +5,8 @@ A captioner turns images into raw replies to a prompt. The run loop in
 on damaged replies, resume and the failures file), so a backend only
 implements :meth:`Captioner.generate`. The two backends without a VLM,
 ``precomputed`` and ``human-holdout``, sit on the same interface but
-generate nothing; the run loop asks them for their records or folds instead.
+generate nothing. The run loop calls their own methods for records or
+folds instead.
 """
 
 from __future__ import annotations

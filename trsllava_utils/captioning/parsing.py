@@ -20,7 +20,7 @@ from ..rsrt import normalise_text
 
 
 class ReplyError(ValueError):
-    """A reply that could not be turned into valid output; ``reply`` holds the raw text."""
+    """A reply that could not be turned into valid output; ``reply`` is the raw text."""
 
     def __init__(self, message: str, reply: str) -> None:
         super().__init__(message)
@@ -200,7 +200,7 @@ def parse_reply(text: str, n_variants: int | None) -> list[dict[str, str]]:
 
     Raises:
         ReplyError: The reply has no JSON, a field is missing or empty, or too
-            few distinct variants remain; the message says which.
+            few distinct variants remain. The message names the problem.
     """
     value = extract_json(text)
     raw_variants = _variant_list(value)
@@ -221,7 +221,7 @@ def parse_reply(text: str, n_variants: int | None) -> list[dict[str, str]]:
         seen.add(key)
         variants.append({name: variant[name] for name in RSRT_FIELDS})
     if not variants:
-        raise ReplyError("the reply holds no variant", text)
+        raise ReplyError("no variant found in the reply", text)
     if n_variants is not None and len(variants) < n_variants:
         dropped = f" after dropping {duplicates} duplicates" if duplicates else ""
         raise ReplyError(f"{len(variants)} distinct variants{dropped}, expected {n_variants}", text)
@@ -232,8 +232,8 @@ def parse_query_reply(text: str) -> str:
     """Turn a reply to the image-query prompt into one query sentence.
 
     Accepts the plain sentence, or the sentence inside a code fence, quotes,
-    a ``Caption:`` label, or a JSON object or list of strings; keeps the first
-    non-empty line.
+    a ``Caption:`` label, or a JSON object or list of strings. The first
+    non-empty line is kept.
 
     Raises:
         ReplyError: Nothing but white space or labels remains.
@@ -256,7 +256,7 @@ def parse_query_reply(text: str) -> str:
         line = line.strip().strip('"\'').strip()
         if line:
             return re.sub(r"\s+", " ", line)
-    raise ReplyError("the reply holds no sentence", text)
+    raise ReplyError("no sentence found in the reply", text)
 
 
 def reply_warnings(texts: list[str]) -> list[str]:

@@ -4,7 +4,7 @@ Two sizes: ``"tiny"`` (a few hundred thousand parameters, runs on a CPU in
 milliseconds) and ``"llava-1.5-7b"``, the dimensions of LLaVA-1.5-7B (CLIP
 ViT-L/14 at 336 px, a 32-layer Llama of width 4096, 576 image tokens), for
 timing on a GPU. The tokenizer is a byte-level BPE trained here on a few
-sentences, so any text encodes and decodes exactly; its vocabulary is padded
+sentences, so any text encodes and decodes exactly. Its vocabulary is padded
 with placeholder tokens up to the model's size. The replies of a random
 model are noise.
 """
@@ -75,49 +75,68 @@ def build_tokenizer(vocab_size: int | None = None) -> Any:
     return tokenizer
 
 
-def build_random_llava(dims: str = "tiny", *, seed: int = 0, dtype: Any = None, device: Any = None) -> tuple[Any, Any]:
+def build_random_llava(dims: str = "tiny", *, architecture: str = "llava", seed: int = 0, dtype: Any = None,
+                       device: Any = None) -> tuple[Any, Any]:
     """Build a randomly initialised LLaVA model and its processor.
 
     Args:
         dims: ``"tiny"`` or ``"llava-1.5-7b"`` (see :data:`DIMENSIONS`).
+        architecture: ``"llava"`` (LLaVA 1.5: one fixed-size image, a fixed number of
+            image tokens) or ``"llava-next"`` (LLaVA-NeXT: the image is tiled by its
+            aspect ratio, so images of different shapes get different token counts).
         seed: Seed of the random weights.
         dtype: Parameter dtype (default float32).
         device: Device to build the weights on, e.g. ``"cuda"`` for the 7B size.
 
     Returns:
-        ``(model, processor)``; the processor holds the LLaVA 1.5 chat template.
+        ``(model, processor)``; the processor has the LLaVA 1.5 chat template.
     """
     import torch
     from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
+                              LlavaForConditionalGeneration, LlavaNextConfig, LlavaNextForConditionalGeneration,
+                              LlavaNextImageProcessorPil, LlavaNextProcessor, LlavaProcessor)
 
     if dims not in DIMENSIONS:
         raise ValueError(f"unknown dims {dims!r}; allowed: {', '.join(DIMENSIONS)}")
+    if architecture not in ("llava", "llava-next"):
+        raise ValueError(f"unknown architecture {architecture!r}; allowed: 'llava', 'llava-next'")
     spec = DIMENSIONS[dims]
     tokenizer = build_tokenizer(spec["vocab_size"])
     vision = CLIPVisionConfig(**spec["vision"])
     text = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **spec["text"])
     image_size, patch_size = spec["vision"]["image_size"], spec["vision"]["patch_size"]
-    config = LlavaConfig(vision_config=vision, text_config=text,
-                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-                         image_seq_length=(image_size // patch_size) ** 2)
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": image_size},
-                                            crop_size={"height": image_size, "width": image_size})
+    common = {"vision_config": vision, "text_config": text,
+              "image_token_index": tokenizer.convert_tokens_to_ids("<image>"),
+              "image_seq_length": (image_size // patch_size) ** 2}
     # The CLS token is added by the vision tower and dropped by the "default" feature strategy.
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
-                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                               chat_template=LLAVA_CHAT_TEMPLATE)
+    processor_options = {"tokenizer": tokenizer, "patch_size": patch_size, "vision_feature_select_strategy": "default",
+                         "num_additional_image_tokens": 1, "chat_template": LLAVA_CHAT_TEMPLATE}
+    size = {"shortest_edge": image_size}
+    crop = {"height": image_size, "width": image_size}
+    if architecture == "llava":
+        config = LlavaConfig(**common)
+        processor = LlavaProcessor(image_processor=CLIPImageProcessorPil(size=size, crop_size=crop),
+                                   **processor_options)
+        model_class = LlavaForConditionalGeneration
+    else:
+        # Grids of one or two tiles per side, like the grids LLaVA-NeXT uses with 336 px tiles.
+        pinpoints = [[image_size * rows, image_size * cols] for rows in (1, 2) for cols in (1, 2)]
+        config = LlavaNextConfig(image_grid_pinpoints=pinpoints, **common)
+        image_processor = LlavaNextImageProcessorPil(size=size, crop_size=crop, image_grid_pinpoints=pinpoints)
+        processor = LlavaNextProcessor(image_processor=image_processor, **processor_options)
+        model_class = LlavaNextForConditionalGeneration
     torch.manual_seed(seed)
     with torch.device(device or "cpu"):
-        model = LlavaForConditionalGeneration._from_config(config, dtype=dtype or torch.float32)
+        model = model_class._from_config(config, dtype=dtype or torch.float32)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.eval(), processor
 
 
-def save_random_llava(folder: str | os.PathLike, dims: str = "tiny", *, seed: int = 0) -> Path:
+def save_random_llava(folder: str | os.PathLike, dims: str = "tiny", *, architecture: str = "llava",
+                      seed: int = 0) -> Path:
     """Build a random LLaVA with :func:`build_random_llava` and save model and processor to ``folder``."""
-    model, processor = build_random_llava(dims, seed=seed)
+    model, processor = build_random_llava(dims, architecture=architecture, seed=seed)
     folder = Path(folder)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)

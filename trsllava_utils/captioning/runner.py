@@ -4,9 +4,10 @@ A run appends one line per finished image to its output file and flushes it
 to disk, so killing the process loses at most the images in flight. A re-run
 with ``resume=True`` reads the file, skips images already done under the same
 model and prompt id, and drops a torn last line with a warning. A damaged
-reply is parsed with repairs; one that still fails is asked again, up to
-``max_attempts`` times, and then goes to the failures file with its raw
-replies while the run moves on. An unreadable image is a failure line too.
+reply is parsed with repairs. When that fails, the image is requested again,
+up to ``max_attempts`` times. After that, the image goes to the failures file
+with its raw replies, and the run moves on. An unreadable image is a failure
+line too.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ _LOGGED_WARNINGS_MAX = 20
 
 @dataclass
 class CaptionReport:
-    """What a captioning run did; every image of the run is counted once.
+    """Counts of one captioning run, in which every image is counted once.
 
     ``n_images = n_done_before + n_written + n_failed`` (images past ``limit`` are not part of the run).
     """
@@ -107,7 +108,7 @@ def _now() -> str:
 
 
 def _done_images(path: Path, model: str, prompt_id: str) -> set[str]:
-    """Return the images a file already holds under ``model`` and ``prompt_id``."""
+    """Return the images that a file already contains under ``model`` and ``prompt_id``."""
     if not path.exists():
         return set()
     done: set[str] = set()
@@ -267,8 +268,8 @@ def run_captioning(dataset: Dataset, captioner: Captioner, out_path: str | os.Pa
     ``n_variants`` variants: in ``single`` mode with one request per attempt
     that must return them all, in ``per_variant`` mode with one sampled
     request per missing variant. The ``precomputed`` backend writes the
-    records of its file (a fast copy, redone in full every time); the
-    ``human-holdout`` backend writes no records but ``holdout_folds.json``
+    records of its file, a fast copy that is redone in full every time. The
+    ``human-holdout`` backend writes no records, only ``holdout_folds.json``
     beside ``out_path``.
 
     Args:

@@ -46,12 +46,12 @@ def caption_dataset(params: "RunParams", dataset: Dataset, run_folder: str | os.
                     show_progress: bool = True) -> StepReport:
     """Run the captioning step of a run into ``run_folder``.
 
-    Writes ``rsrt.jsonl`` and ``caption_failures.jsonl`` (the ``human-holdout``
-    oracle writes ``holdout_folds.json`` instead), and, when
-    ``image_query_source`` is ``"image_queries"``, ``image_queries.jsonl``
-    and ``image_query_failures.jsonl``. A damaged reply is asked again up to
-    ``max_retries`` more times, the same budget the openai backend uses for
-    failed requests. Runs resume.
+    Writes ``rsrt.jsonl`` and ``caption_failures.jsonl``, or
+    ``holdout_folds.json`` for the ``human-holdout`` oracle. When
+    ``image_query_source`` is ``"image_queries"``, it also writes
+    ``image_queries.jsonl`` and ``image_query_failures.jsonl``. An image with
+    a damaged reply is requested again up to ``max_retries`` more times, the
+    same budget the openai backend uses for failed requests. Runs resume.
 
     Args:
         params: The run's parameters.
