@@ -81,6 +81,27 @@ def test_collect_runs_rejects_fractions(tmp_path):
         collect_runs(tmp_path, strict=True)
 
 
+def test_collect_runs_without_intervals(tmp_path):
+    metrics = make_metrics("no_bootstrap")
+    metrics["ci95"] = {key: [None, None] for key in metrics["metrics"]}
+    write_run(tmp_path, metrics)
+    df = collect_runs(tmp_path, strict=True)
+    assert math.isnan(df.loc[0, "mR_lo"])
+    assert format_markdown(df).count("29.17 |") == 1  # mR without brackets
+
+
+def test_collect_runs_extra_k(tmp_path):
+    metrics = make_metrics("k50")
+    metrics["metrics"]["t2i_R@50"] = 90.0
+    metrics["ci95"]["t2i_R@50"] = [88.0, 92.0]
+    write_run(tmp_path, metrics)
+    write_run(tmp_path, make_metrics("k10"))
+    df = collect_runs(tmp_path)
+    assert list(df.columns[11:19]) == ["t2i_R@1", "t2i_R@5", "t2i_R@10", "t2i_R@50", "i2t_R@1", "i2t_R@5",
+                                       "i2t_R@10", "mR"]
+    assert math.isnan(df.set_index("run_name").loc["k10", "t2i_R@50"])
+
+
 def test_collect_runs_missing_root(tmp_path):
     with pytest.raises(FileNotFoundError, match="outputs folder not found"):
         collect_runs(tmp_path / "absent")

@@ -137,9 +137,10 @@ def metrics_row(metrics: dict[str, Any]) -> dict[str, Any]:
     ci95 = metrics.get("ci95") or {}
     for key in metric_keys(metrics["metrics"]):
         row[key] = float(metrics["metrics"][key])
-        low, high = ci95.get(key, (math.nan, math.nan))
-        row[f"{key}_lo"] = float(low)
-        row[f"{key}_hi"] = float(high)
+        # bootstrap_samples = 0 writes [null, null]: no interval, not a broken file.
+        low, high = ci95.get(key) or (None, None)
+        row[f"{key}_lo"] = math.nan if low is None else float(low)
+        row[f"{key}_hi"] = math.nan if high is None else float(high)
     row.update({"n_images": dataset.get("n_images"), "n_captions": dataset.get("n_captions"),
                 "created": metrics.get("created"), "git_commit": metrics.get("git_commit")})
     return row
