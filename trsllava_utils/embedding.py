@@ -28,7 +28,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -204,7 +204,7 @@ def load_embedder(name: str, *, path: str | None = None, base_url: str | None = 
         path: a local copy to use in place of the package or the hub.
         base_url: an OpenAI-compatible endpoint; with it, ``name`` is the
             endpoint's model name (an ``openai:`` prefix is dropped).
-        api_key_env: the environment variable that holds the endpoint's key.
+        api_key_env: the environment variable that contains the endpoint's key.
         device: a torch device for sentence-transformers models.
 
     Raises:
@@ -253,15 +253,15 @@ class EmbedStats:
     n_computed: int
     n_invalid: int
     seconds: float
+    texts_per_second: float = field(init=False)
+    """Input texts per second of wall time, cached ones included."""
 
-    @property
-    def texts_per_second(self) -> float:
-        """Input texts per second of wall time, cached ones included."""
-        return self.n_texts / self.seconds if self.seconds > 0 else float("inf")
+    def __post_init__(self) -> None:
+        self.texts_per_second = self.n_texts / self.seconds if self.seconds > 0 else float("inf")
 
     def as_dict(self) -> dict[str, float]:
         """Return the counts, the time and the rate as a flat mapping."""
-        return {**asdict(self), "texts_per_second": self.texts_per_second}
+        return asdict(self)
 
 
 def _check_vectors(embedder: Embedder, vectors: np.ndarray, n_texts: int) -> np.ndarray:
@@ -278,9 +278,9 @@ def embed_texts(embedder: Embedder, texts: Sequence[str], *, store: VectorStore 
                 chunk_batches: int = 16) -> tuple[np.ndarray, EmbedStats]:
     """Embed ``texts``, reusing and filling the vector store.
 
-    Repeated texts are embedded once. Texts missing from the store (or whose
-    stored row is invalid) are sorted by length and embedded in chunks of
-    ``chunk_batches * batch_size``; each chunk is written to the store in one
+    Repeated texts are embedded once. Texts missing from the store, or whose
+    stored row is invalid, are sorted by length and embedded in chunks of
+    ``chunk_batches * batch_size``. Each chunk is written to the store in one
     transaction as soon as it is done, so an interrupted run keeps its work.
     Lexical embedders (``cacheable`` false) bypass the store.
 

@@ -1,9 +1,9 @@
 """Lexical baselines with the embedder interface: TF-IDF and BM25.
 
-Both are fitted on the texts of the run (queries and gallery together, so
-that every word of a query has a document frequency) and return dense,
-L2-normalised float32 term vectors, so that the retrieval code treats them
-like any neural embedder: the dot product of two rows is their cosine.
+Both are fitted on the texts of the run, queries and gallery together, so
+that every word of a query has a document frequency. They return dense,
+L2-normalised float32 term vectors, which the retrieval code treats like
+those of any neural embedder: the dot product of two rows is their cosine.
 
 Both tokenise with scikit-learn's default word pattern (lower case, words of
 two or more letters or digits). Words that were not seen during ``fit`` are

@@ -31,9 +31,9 @@ class OpenAIEmbedder(Embedder):
     """Texts embedded by an OpenAI-compatible endpoint, in batches, with retries.
 
     The identity is ``openai:<model>@<hash of base URL, model and dimensions>``.
-    NOTE: a hosted model can change behind the same name; the identity cannot
-    see that, so clear its rows from the store (``VectorStore.delete_model``)
-    when the provider announces a new version.
+    NOTE: a hosted model can change behind the same name, and the identity
+    cannot detect that. Clear its rows from the store
+    (``VectorStore.delete_model``) when the provider announces a new version.
 
     Args:
         model: the endpoint's model name, e.g. ``"text-embedding-3-small"``.

@@ -6,8 +6,8 @@ embeds the same text twice with the same model. Safety properties:
 - every write is one SQLite transaction in write-ahead-log mode, so a process
   killed mid-write leaves the store as it was before that transaction;
 - each row carries its dimension and a BLAKE2b checksum over the model
-  identity, the text hash and the vector bytes; a row whose length, checksum,
-  values (NaN, infinity) or norm is wrong is reported as invalid, and
+  identity, the text hash and the vector bytes. A row whose length, checksum,
+  values (NaN, infinity) or norm is wrong is reported as invalid, so that
   :func:`trsllava_utils.embedding.embed_texts` recomputes and overwrites it;
 - rows are looked up by the model identity (name plus a hash of the weight
   files), and the checksum covers it, so a vector made by one model is never
