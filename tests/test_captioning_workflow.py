@@ -107,3 +107,20 @@ def test_cli_bad_params_file(tmp_path, capsys):
     path.write_text("captioner: gpt\n", encoding="utf-8")
     assert main(["--params", str(path)]) == 2
     assert "invalid value 'gpt' for 'captioner'" in capsys.readouterr().err
+
+
+def test_token_budget_warning(caplog):
+    from trsllava_utils.captioning.backend_openai import OpenAICaptioner
+
+    with caplog.at_level("WARNING"):
+        OpenAICaptioner("http://127.0.0.1:9/v1", "m", n_variants=5, max_new_tokens=768)
+    assert "max_new_tokens=768 is below the estimated 1150 tokens of a reply with 5 variant(s)" in caplog.text
+
+
+def test_token_budget_enough(caplog):
+    from trsllava_utils.captioning.backend_openai import OpenAICaptioner
+
+    with caplog.at_level("WARNING"):
+        OpenAICaptioner("http://127.0.0.1:9/v1", "m", n_variants=5, generation_mode="per_variant",
+                        max_new_tokens=768)
+    assert "max_new_tokens" not in caplog.text

@@ -98,6 +98,7 @@ class OpenAICaptioner(Captioner):
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.max_new_tokens = max_new_tokens
+        self.check_token_budget(max_new_tokens)
         self.seed = seed
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s

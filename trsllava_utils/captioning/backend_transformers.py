@@ -110,6 +110,7 @@ class TransformersCaptioner(Captioner):
                              f"(or 'chat_template' in processor_config.json) from the model's release")
         self.max_new_tokens = max_new_tokens
         self.min_new_tokens = min_new_tokens
+        self.check_token_budget(max_new_tokens)
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "left"

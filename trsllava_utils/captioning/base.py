@@ -31,6 +31,10 @@ logger = logging.getLogger(__name__)
 
 GENERATION_MODES = ("single", "per_variant")
 
+TOKENS_PER_VARIANT_ESTIMATE = 230
+"""Estimated tokens of one variant's JSON: the demo RSRT variants average about 920 characters,
+at about 4 characters per Llama token."""
+
 
 class CaptionerError(RuntimeError):
     """A request to a model failed for good (after the backend's own retries)."""
@@ -94,6 +98,15 @@ class Captioner:
         Backends implement this; an error for one image must not stop the others.
         """
         raise NotImplementedError(f"backend {self.name!r} does not generate text")
+
+    def check_token_budget(self, max_new_tokens: int) -> None:
+        """Log a warning when ``max_new_tokens`` is likely to cut a single-mode reply short."""
+        needed = TOKENS_PER_VARIANT_ESTIMATE * (self.n_variants if self.generation_mode == "single" else 1)
+        if max_new_tokens < needed:
+            logger.warning("max_new_tokens=%d is below the estimated %d tokens of a reply with %d variant(s); "
+                           "a reply cut short is invalid JSON, so raise max_new_tokens or use generation_mode "
+                           "'per_variant'", max_new_tokens, needed,
+                           self.n_variants if self.generation_mode == "single" else 1)
 
     def _raise_first_error(self, replies: list[str | Exception]) -> list[str]:
         for reply in replies:

@@ -215,6 +215,8 @@ def _run(dataset: Dataset, captioner: Captioner, job: _Job, out_path: str | os.P
             logger.warning("%s failed for image %s at the %s stage: %s (details in %s)", job.kind, line["image"],
                            line["stage"], line["error"], failures_path)
 
+        # NOTE: each chunk waits for its slowest image, so with the openai backend one slow request
+        # leaves the other max_concurrency - 1 slots idle until it returns or times out.
         for start in range(0, len(todo), captioner.batch_size):
             chunk = todo[start:start + captioner.batch_size]
             images: dict[str, Image.Image] = {}
