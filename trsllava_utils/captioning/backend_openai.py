@@ -2,8 +2,8 @@
 
 Each image goes out as a base64 data URL in one chat request. Requests run
 on a bounded thread pool. A timeout, a dropped connection, HTTP 429 or a 5xx
-reply is retried with exponential backoff (``Retry-After`` is honoured);
-any other 4xx reply will not change on a retry, so it fails at once.
+reply is retried with exponential backoff, and ``Retry-After`` is honoured.
+Any other 4xx reply would come back the same on a retry, so it fails at once.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ RETRY_STATUS = frozenset({408, 409, 425, 429})
 
 
 class RequestFailed(CaptionerError):
-    """A chat request that failed for good; ``retryable`` says whether retries were tried."""
+    """A chat request that failed for good; ``retryable`` tells whether retries were tried."""
 
     def __init__(self, message: str, *, status: int | None = None, retryable: bool = False) -> None:
         super().__init__(message)
@@ -69,7 +69,7 @@ class OpenAICaptioner(Captioner):
     Args:
         base_url: The API root, for example ``http://127.0.0.1:8000/v1``; requests
             go to ``<base_url>/chat/completions``.
-        model: Model name as the server knows it.
+        model: Model name as the server lists it.
         api_key_env: Environment variable that holds the key; when it is unset, no
             ``Authorization`` header is sent (local vLLM and Ollama need none).
         max_concurrency: Requests in flight at once; also the run loop's batch size.
