@@ -302,20 +302,42 @@ def test_i2t_blocked_equals_unblocked(problem, block_size, aggregation):
     assert blocked.tied.tolist() == tied
 
 
-def test_blocked_equals_unblocked_float_vectors():
-    # Random unit vectors: blocks of 2 or more rows give the same bits as one product.
+def decision_gaps(function, queries, query_image, gallery, gallery_image):
+    """Float64 distance between each query's decisive score and the nearest other item's score (max)."""
+    text_scores = queries.astype(np.float64) @ gallery.astype(np.float64).T
+    if function is rank_text_to_image:
+        images = np.unique(gallery_image)
+        item_scores = np.stack([text_scores[:, gallery_image == i].max(axis=1) for i in images], axis=1)
+        own = item_scores[np.arange(len(queries)), query_image]
+        is_own = images[None, :] == query_image[:, None]
+    else:
+        rows = np.unique(query_image)
+        item_scores = np.stack([text_scores[query_image == i].max(axis=0) for i in rows])
+        is_own = gallery_image[None, :] == rows[:, None]
+        own = np.where(is_own, item_scores, -np.inf).max(axis=1)
+    return np.where(is_own, np.inf, np.abs(item_scores - own[:, None])).min(axis=1)
+
+
+@pytest.mark.parametrize("function", [rank_text_to_image, rank_image_to_text])
+@pytest.mark.parametrize("n_gallery", [250, 3000])
+def test_blocked_float_vectors_near_ties_only(function, n_gallery):
+    # With float vectors the BLAS may round a small block's product differently in the last
+    # bit (numpy's OpenBLAS does for blocks of 2-3 rows against a few hundred texts). Ranks may
+    # then differ only where another item scores within float32 rounding of the decisive score.
     rng = np.random.default_rng(3)
     queries = rng.standard_normal((301, 32)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    gallery = rng.standard_normal((250, 32)).astype(np.float32)
+    gallery = rng.standard_normal((n_gallery, 32)).astype(np.float32)
     gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
     query_image = rng.integers(0, 50, 301)
-    gallery_image = np.arange(250) % 50
-    for block_size in (1, 2, 7, 64):
-        for function in (rank_text_to_image, rank_image_to_text):
-            blocked = function(queries, query_image, gallery, gallery_image, 50, "max", block_size)
-            unblocked = function(queries, query_image, gallery, gallery_image, 50, "max", 10_000)
-            assert_same_result(blocked, unblocked)
+    gallery_image = np.arange(n_gallery) % 50
+    gaps = decision_gaps(function, queries, query_image, gallery, gallery_image)
+    unblocked = function(queries, query_image, gallery, gallery_image, 50, "max", 10_000)
+    for block_size in (1, 2, 3, 7, 64):
+        blocked = function(queries, query_image, gallery, gallery_image, 50, "max", block_size)
+        differing = np.flatnonzero(blocked.ranks != unblocked.ranks)
+        assert (gaps[differing] < 1e-6).all(), (block_size, differing, gaps[differing])
+        assert np.abs(blocked.top_k_scores - unblocked.top_k_scores).max() < 1e-6
 
 
 def test_block_bounds_no_single_row_block():

@@ -170,10 +170,44 @@ def _rows_per_block(block_size: int, n_columns: int) -> int:
     return max(2, min(block_size, by_memory))
 
 
+_FINGERPRINT_ROWS = 4096
+
+
+def _row_fingerprints(vectors: np.ndarray) -> np.ndarray:
+    """Hash each row's float32 bit patterns to a uint64 (a random linear hash, wrapping mod 2**64)."""
+    multipliers = np.random.default_rng(0x5EED).integers(1, 2**63, size=vectors.shape[1], dtype=np.uint64)
+    multipliers |= np.uint64(1)
+    bits = vectors.view(np.uint32)
+    fingerprints = np.empty(len(vectors), dtype=np.uint64)
+    for lo in range(0, len(vectors), _FINGERPRINT_ROWS):
+        chunk = bits[lo:lo + _FINGERPRINT_ROWS].astype(np.uint64)
+        chunk *= multipliers
+        fingerprints[lo:lo + _FINGERPRINT_ROWS] = chunk.sum(axis=1)
+    return fingerprints
+
+
 def _unique_rows(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return the distinct rows and, per input row, the index of its distinct row."""
-    unique, inverse = np.unique(vectors, axis=0, return_inverse=True)
-    return unique, inverse.reshape(-1).astype(np.int64)
+    """Return the distinct rows and, per input row, the index of its distinct row.
+
+    Rows are distinct when their bytes differ. A fingerprint groups the rows,
+    and a row-by-row comparison confirms every group; after a hash collision
+    (never seen, but possible) the exact and slower ``np.unique`` decides.
+    """
+    if len(vectors) == 0:
+        return vectors, np.zeros(0, dtype=np.int64)
+    _, first, inverse = np.unique(_row_fingerprints(vectors), return_index=True, return_inverse=True)
+    unique = vectors[first]
+    inverse = inverse.reshape(-1).astype(np.int64)
+    for lo in range(0, len(vectors), _FINGERPRINT_ROWS):
+        hi = lo + _FINGERPRINT_ROWS
+        if not np.array_equal(vectors[lo:hi].view(np.uint32), unique[inverse[lo:hi]].view(np.uint32)):
+            logger.warning("fingerprint collision among %d vectors; using np.unique", len(vectors))
+            unique, inverse = np.unique(vectors, axis=0, return_inverse=True)
+            return unique, inverse.reshape(-1).astype(np.int64)
+    return unique, inverse
+
+
+_ARGMAX_TOP_K = 32
 
 
 def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -182,7 +216,16 @@ def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     k = min(k, n_columns)
     if k == 0:
         return np.empty((n_rows, 0), dtype=np.int64), np.empty((n_rows, 0), dtype=np.float32)
-    if k == n_columns:
+    if k <= _ARGMAX_TOP_K:
+        # k passes of argmax, which returns the first of equal maxima; far faster than argpartition for small k.
+        remaining = scores.copy()
+        index = np.empty((n_rows, k), dtype=np.int64)
+        rows = np.arange(n_rows)
+        for position in range(k):
+            best = remaining.argmax(axis=1)
+            index[:, position] = best
+            remaining[rows, best] = -np.inf
+    elif k == n_columns:
         index = np.argsort(-scores, axis=1, kind="stable")
     else:
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
@@ -202,40 +245,46 @@ def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return index, np.take_along_axis(scores, index, axis=1).astype(np.float32, copy=False)
 
 
-class _Gallery:
-    """Gallery vectors prepared for blocked products: distinct rows once, expanded by a column index.
+def _padded_groups(distinct_id: np.ndarray, group: np.ndarray, n_groups: int,
+                   fill_id: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Lay out each group's distinct-vector ids as one column of a (max group size, n_groups) matrix.
 
-    Identical texts give identical vectors. Scoring each distinct vector once
-    and copying its score to every duplicate guarantees that duplicates score
-    exactly equal, and saves the product for the repeats.
+    Within a group the ids are sorted, so groups with the same texts get the
+    same column and bit-identical aggregated scores. Shorter columns are
+    padded with ``fill_id`` (the id of a zero vector, which leaves a sum
+    unchanged) or, when it is None, with the group's first id (a repeat
+    leaves a max unchanged). Every group must have at least one member.
+
+    Returns:
+        The padded id matrix and the size of each group.
     """
-
-    def __init__(self, vectors: np.ndarray, unique: np.ndarray, inverse: np.ndarray,
-                 column_order: np.ndarray | None = None) -> None:
-        if column_order is not None:
-            vectors, inverse = vectors[column_order], inverse[column_order]
-        if len(unique) < len(vectors):
-            self.matrix_t = np.ascontiguousarray(unique.T)
-            self.columns: np.ndarray | None = inverse
-        else:
-            self.matrix_t = np.ascontiguousarray(vectors.T)
-            self.columns = None
-
-    def scores(self, queries: np.ndarray) -> np.ndarray:
-        """Return the (len(queries), gallery size) float32 similarity matrix, columns in gallery order."""
-        raw = queries @ self.matrix_t
-        if self.columns is None:
-            return raw
-        return np.take(raw, self.columns, axis=1)
+    order = np.lexsort((distinct_id, group))
+    sorted_group = group[order]
+    sorted_id = distinct_id[order]
+    counts = np.bincount(group, minlength=n_groups)
+    starts = _segment_starts(counts)
+    width = int(counts.max())
+    if fill_id is None:
+        padded = np.tile(sorted_id[starts], (width, 1))
+    else:
+        padded = np.full((width, n_groups), fill_id, dtype=np.int64)
+    padded[np.arange(len(order)) - starts[sorted_group], sorted_group] = sorted_id
+    return padded, counts
 
 
-def _aggregate(scores: np.ndarray, starts: np.ndarray, counts: np.ndarray, aggregation: str,
-               axis: int) -> np.ndarray:
+def _with_zero_row(unique: np.ndarray, aggregation: str) -> tuple[np.ndarray, int | None]:
+    """Append a zero vector for mean padding; return the matrix and the zero row's id (None for max)."""
     if aggregation == "max":
-        return np.maximum.reduceat(scores, starts, axis=axis)
-    summed = np.add.reduceat(scores, starts, axis=axis)
-    shape = (1, -1) if axis == 1 else (-1, 1)
-    return summed / counts.astype(np.float32).reshape(shape)
+        return unique, None
+    return np.vstack([unique, np.zeros((1, unique.shape[1]), dtype=np.float32)]), len(unique)
+
+
+def _aggregate(gathered: np.ndarray, counts: np.ndarray, aggregation: str, axis: int) -> np.ndarray:
+    """Reduce padded per-group scores over the padding ``axis`` (the groups are on the next axis)."""
+    if aggregation == "max":
+        return gathered.max(axis=axis)
+    divisor = counts.astype(np.float32)
+    return gathered.sum(axis=axis) / (divisor if axis == 1 else divisor[:, None])
 
 
 def _describe_images(indices: np.ndarray, image_ids: Sequence[str] | None) -> str:
@@ -246,9 +295,24 @@ def _describe_images(indices: np.ndarray, image_ids: Sequence[str] | None) -> st
     return f"{', '.join(map(str, shown))}{more}"
 
 
+def _empty_result(n_rows: int, k: int, query_image: np.ndarray) -> RankResult:
+    return RankResult(ranks=np.zeros(n_rows, dtype=np.int64), tied=np.zeros(n_rows, dtype=bool),
+                      top_k=np.zeros((n_rows, k), dtype=np.int64),
+                      top_k_scores=np.zeros((n_rows, k), dtype=np.float32), query_image=query_image)
+
+
 # ---------------------------------------------------------------------------
 # Ranking
 # ---------------------------------------------------------------------------
+#
+# Both directions score each distinct vector once: identical texts get
+# identical vectors, so copying one score to every duplicate keeps exact ties
+# exact and skips the repeated products (RSICD repeats many captions). Group
+# aggregation gathers the scores of each group's members into a padded array
+# and reduces over the padding axis, in a fixed order. Queries are always the
+# rows of the matrix product: with the OpenBLAS build of numpy, a row's values
+# do not depend on how many other rows share the product (two or more), but a
+# column's values do depend on the number of columns.
 
 
 def rank_text_to_image(query_vectors: np.ndarray, query_image: np.ndarray, gallery_vectors: np.ndarray,
@@ -268,8 +332,8 @@ def rank_text_to_image(query_vectors: np.ndarray, query_image: np.ndarray, galle
         gallery_image: (G,) index of the image each database text belongs to.
         n_images: number of images; every image in ``[0, n_images)`` is a candidate.
         aggregation: ``"max"`` or ``"mean"`` over an image's gallery texts.
-        block_size: maximum queries per matrix product. It is lowered so that one
-            block's score matrix stays under :data:`BLOCK_BYTES`, and raised to 2.
+        block_size: maximum distinct query vectors per matrix product. It is lowered
+            so that one block's score arrays stay under :data:`BLOCK_BYTES`, and raised to 2.
         top_k: number of retrieved image indices to keep per query.
         image_ids: optional image names, used only in error messages.
 
@@ -280,34 +344,43 @@ def rank_text_to_image(query_vectors: np.ndarray, query_image: np.ndarray, galle
     queries, q_image, gallery, g_image = _check_common(query_vectors, query_image, gallery_vectors,
                                                        gallery_image, n_images, aggregation, block_size,
                                                        top_k)
-    counts = np.bincount(g_image, minlength=n_images)
-    missing = np.flatnonzero(counts == 0)
+    g_counts = np.bincount(g_image, minlength=n_images)
+    missing = np.flatnonzero(g_counts == 0)
     if len(missing):
         raise ValueError(f"{len(missing)} of {n_images} images have no gallery text: "
                          f"{_describe_images(missing, image_ids)}; give every image at least one "
                          f"database text or drop it from the episode")
-
-    # Sorting by image makes each image's texts a contiguous run for reduceat. The secondary key
-    # (the distinct-vector id) fixes the summation order, so images with the same texts get
-    # bit-identical mean scores.
-    unique, distinct_id = _unique_rows(gallery)
-    column_order = np.lexsort((distinct_id, g_image))
-    prepared = _Gallery(gallery, unique, distinct_id, column_order)
-    starts = _segment_starts(counts)
-
-    n_queries = len(queries)
     k = min(top_k, n_images)
-    result = RankResult(ranks=np.zeros(n_queries, dtype=np.int64), tied=np.zeros(n_queries, dtype=bool),
-                        top_k=np.zeros((n_queries, k), dtype=np.int64),
-                        top_k_scores=np.zeros((n_queries, k), dtype=np.float32), query_image=q_image.copy())
-    rows = _rows_per_block(block_size, len(gallery))
-    for _, _, lo, hi in _block_bounds(np.ones(n_queries, dtype=np.int64), rows):
-        scores = _aggregate(prepared.scores(queries[lo:hi]), starts, counts, aggregation, axis=1)
-        own = scores[np.arange(hi - lo), q_image[lo:hi]][:, None]
+    result = _empty_result(len(queries), k, q_image.copy())
+    if len(queries) == 0:
+        return result
+
+    unique_gallery, gallery_id = _unique_rows(gallery)
+    gallery_matrix, zero_id = _with_zero_row(unique_gallery, aggregation)
+    padded, counts = _padded_groups(gallery_id, g_image, n_images, zero_id)
+    unique_queries, query_id = _unique_rows(queries)
+    query_order = np.argsort(query_id, kind="stable")
+    sorted_query_id = query_id[query_order]
+
+    floats_per_query = len(gallery_matrix) + 2 * padded.size + 2 * n_images
+    rows = _rows_per_block(block_size, floats_per_query)
+    gallery_t = gallery_matrix.T
+    for first, end, _, _ in _block_bounds(np.ones(len(unique_queries), dtype=np.int64), rows):
+        text_scores = unique_queries[first:end] @ gallery_t
+        gathered = np.take(text_scores, padded.ravel(), axis=1).reshape(end - first, *padded.shape)
+        image_scores = _aggregate(gathered, counts, aggregation, axis=1)
+        del text_scores, gathered
+        block_top, block_top_scores = _top_k(image_scores, k)
+
+        positions = query_order[np.searchsorted(sorted_query_id, first):np.searchsorted(sorted_query_id, end)]
+        local = query_id[positions] - first
+        scores = image_scores[local]
+        own = scores[np.arange(len(positions)), q_image[positions]][:, None]
         # The own image is one of the items >= own, so the count is already 1 + others.
-        result.ranks[lo:hi] = (scores >= own).sum(axis=1)
-        result.tied[lo:hi] = (scores == own).sum(axis=1) > 1
-        result.top_k[lo:hi], result.top_k_scores[lo:hi] = _top_k(scores, k)
+        result.ranks[positions] = (scores >= own).sum(axis=1)
+        result.tied[positions] = (scores == own).sum(axis=1) > 1
+        result.top_k[positions] = block_top[local]
+        result.top_k_scores[positions] = block_top_scores[local]
     return result
 
 
@@ -330,8 +403,8 @@ def rank_image_to_text(query_vectors: np.ndarray, query_image: np.ndarray, galle
         gallery_image: (G,) image index each gallery text belongs to.
         n_images: number of images.
         aggregation: ``"max"`` or ``"mean"`` over an image's query texts.
-        block_size: maximum query texts per matrix product, as for :func:`rank_text_to_image`.
-            An image's query texts always stay in one block.
+        block_size: maximum images per block, lowered so that one block's score
+            arrays stay under :data:`BLOCK_BYTES`, and raised to 2.
         top_k: number of retrieved gallery rows to keep per image.
         image_ids: optional image names, used only in error messages.
 
@@ -342,33 +415,43 @@ def rank_image_to_text(query_vectors: np.ndarray, query_image: np.ndarray, galle
     queries, q_image, gallery, g_image = _check_common(query_vectors, query_image, gallery_vectors,
                                                        gallery_image, n_images, aggregation, block_size,
                                                        top_k)
-    q_counts_all = np.bincount(q_image, minlength=n_images)
-    images = np.flatnonzero(q_counts_all)
+    images = np.flatnonzero(np.bincount(q_image, minlength=n_images))
     g_counts = np.bincount(g_image, minlength=n_images)
     missing = images[g_counts[images] == 0]
     if len(missing):
         raise ValueError(f"{len(missing)} images with query texts have no own gallery text: "
                          f"{_describe_images(missing, image_ids)}; their rank would be undefined")
+    k = min(top_k, len(gallery))
+    result = _empty_result(len(images), k, images.copy())
+    if len(images) == 0:
+        return result
 
-    # Query texts grouped by image; within an image by distinct vector, to fix the mean's order.
-    distinct_id = _unique_rows(queries)[1] if len(queries) else np.zeros(0, dtype=np.int64)
-    query_order = np.lexsort((distinct_id, q_image))
-    sorted_queries = queries[query_order]
-    q_counts = q_counts_all[images]
-    q_starts = _segment_starts(q_counts)
+    unique_queries, query_id = _unique_rows(queries)
+    query_matrix, zero_id = _with_zero_row(unique_queries, aggregation)
+    padded, q_counts = _padded_groups(query_id, np.searchsorted(images, q_image), len(images), zero_id)
+    unique_gallery, gallery_id = _unique_rows(gallery)
+    expand = len(unique_gallery) < len(gallery)
+    if not expand:
+        # No duplicates: score the gallery in its own row order and skip the column gather.
+        unique_gallery = gallery
     gallery_order = np.argsort(g_image, kind="stable")
     g_starts = _segment_starts(g_counts)
-    prepared = _Gallery(gallery, *_unique_rows(gallery))
 
-    k = min(top_k, len(gallery))
-    result = RankResult(ranks=np.zeros(len(images), dtype=np.int64), tied=np.zeros(len(images), dtype=bool),
-                        top_k=np.zeros((len(images), k), dtype=np.int64),
-                        top_k_scores=np.zeros((len(images), k), dtype=np.float32), query_image=images.copy())
-    rows = _rows_per_block(block_size, len(gallery))
-    for first, end, lo, hi in _block_bounds(q_counts, rows):
-        text_scores = prepared.scores(sorted_queries[lo:hi])
-        scores = _aggregate(text_scores, q_starts[first:end] - lo, q_counts[first:end], aggregation, axis=0)
-        del text_scores
+    floats_per_image = (padded.shape[0] + 1) * len(unique_gallery) + 3 * len(gallery)
+    rows = _rows_per_block(block_size, floats_per_image)
+    for first, end, _, _ in _block_bounds(np.ones(len(images), dtype=np.int64), rows):
+        block_padded = padded[:, first:end]
+        needed = np.unique(block_padded)
+        if len(needed) == 1 and len(query_matrix) > 1:
+            # Keep two rows in the product: a one-row product rounds differently (see _block_bounds).
+            needed = np.unique(np.append(needed, (needed[0] + 1) % len(query_matrix)))
+        text_scores = query_matrix[needed] @ unique_gallery.T
+        local = np.searchsorted(needed, block_padded)
+        gathered = np.take(text_scores, local.ravel(), axis=0).reshape(*local.shape, len(unique_gallery))
+        scores = _aggregate(gathered, q_counts[first:end], aggregation, axis=0)
+        del text_scores, gathered
+        if expand:
+            scores = np.take(scores, gallery_id, axis=1)
         block_images = images[first:end]
 
         # Own gallery columns of each image in the block, flattened with a row index.
