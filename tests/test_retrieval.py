@@ -340,15 +340,20 @@ def test_blocked_float_vectors_near_ties_only(function, n_gallery):
         assert np.abs(blocked.top_k_scores - unblocked.top_k_scores).max() < 1e-6
 
 
-def test_block_bounds_no_single_row_block():
-    bounds = retrieval._block_bounds(np.ones(7, dtype=np.int64), 3)
-    assert [(lo, hi) for _, _, lo, hi in bounds] == [(0, 3), (3, 7)]
+def test_block_bounds_lone_last_row_joins():
+    assert retrieval._block_bounds(7, 3) == [(0, 3), (3, 7)]
 
 
-def test_block_bounds_keep_groups_whole():
-    bounds = retrieval._block_bounds(np.array([2, 3, 1, 2]), 4)
-    assert [(first, end) for first, end, _, _ in bounds] == [(0, 1), (1, 3), (3, 4)]
-    assert [(lo, hi) for _, _, lo, hi in bounds] == [(0, 2), (2, 6), (6, 8)]
+def test_block_bounds_exact_split():
+    assert retrieval._block_bounds(6, 2) == [(0, 2), (2, 4), (4, 6)]
+
+
+def test_block_bounds_single_row():
+    assert retrieval._block_bounds(1, 2) == [(0, 1)]
+
+
+def test_block_bounds_no_rows():
+    assert retrieval._block_bounds(0, 2) == []
 
 
 def test_rows_per_block_capped_by_memory():

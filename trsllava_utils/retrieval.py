@@ -48,7 +48,7 @@ AGGREGATIONS: tuple[str, ...] = ("max", "mean")
 """Ways to combine the scores of several texts of one image."""
 
 BLOCK_BYTES = 128 * 2**20
-"""Upper bound on the bytes of one block's float32 score matrix; it caps the rows per block."""
+"""Approximate cap on the bytes of one block's float32 score arrays; it limits the queries per block."""
 
 TOP_K_COLUMN = 5
 """Number of retrieved ids written to the ``top5`` column of ranks.csv."""
@@ -140,28 +140,18 @@ def _segment_starts(counts: np.ndarray) -> np.ndarray:
     return np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
 
 
-def _block_bounds(group_sizes: np.ndarray, max_rows: int) -> list[tuple[int, int, int, int]]:
-    """Split consecutive groups of rows into blocks of about ``max_rows`` rows.
+def _block_bounds(n_rows: int, max_rows: int) -> list[tuple[int, int]]:
+    """Split ``n_rows`` rows into consecutive ``(start, stop)`` blocks of at most ``max_rows`` (>= 2) rows.
 
-    Returns ``(first_group, end_group, first_row, end_row)`` per block. A group
-    never straddles two blocks. A block holds at least two rows unless the
-    whole input is one row: numpy computes a one-row product with a
-    matrix-vector routine whose rounding differs from the matrix-matrix one,
-    so a one-row block could break ties that the unblocked product keeps. A
-    block can therefore exceed ``max_rows`` by one group.
+    A block holds a single row only when the input is one row, because numpy
+    computes a one-row product with a matrix-vector routine that rounds
+    differently from the matrix-matrix one. A lone last row joins the block
+    before it, which then has ``max_rows + 1`` rows.
     """
-    bounds: list[tuple[int, int, int, int]] = []
-    first_group = first_row = row = 0
-    for group, size in enumerate(group_sizes.tolist()):
-        if row > first_row and row - first_row + size > max_rows and row - first_row >= 2:
-            bounds.append((first_group, group, first_row, row))
-            first_group, first_row = group, row
-        row += size
-    if row > first_row:
-        if row - first_row == 1 and bounds:
-            previous = bounds.pop()
-            first_group, first_row = previous[0], previous[2]
-        bounds.append((first_group, len(group_sizes), first_row, row))
+    bounds = [(start, min(start + max_rows, n_rows)) for start in range(0, n_rows, max_rows)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        last = bounds.pop()
+        bounds[-1] = (bounds[-1][0], last[1])
     return bounds
 
 
@@ -305,14 +295,17 @@ def _empty_result(n_rows: int, k: int, query_image: np.ndarray) -> RankResult:
 # Ranking
 # ---------------------------------------------------------------------------
 #
-# Both directions score each distinct vector once: identical texts get
+# Both directions score each distinct vector once. Identical texts get
 # identical vectors, so copying one score to every duplicate keeps exact ties
-# exact and skips the repeated products (RSICD repeats many captions). Group
-# aggregation gathers the scores of each group's members into a padded array
-# and reduces over the padding axis, in a fixed order. Queries are always the
-# rows of the matrix product: with the OpenBLAS build of numpy, a row's values
-# do not depend on how many other rows share the product (two or more), but a
-# column's values do depend on the number of columns.
+# exact, and the repeated products are skipped (RSICD repeats many captions).
+# Group aggregation gathers the scores of each group's members into a padded
+# array and reduces over the padding axis, in a fixed order.
+#
+# NOTE: blocked and unblocked ranks are equal whenever every dot product is
+# exact. With general floats a BLAS may round a row differently depending on
+# the product's shape. numpy's OpenBLAS 0.3.31 does so for one-row products
+# and for small ones (2 or 3 rows against a few hundred texts), which can only
+# reorder scores within float32 rounding (about 1e-7) of each other.
 
 
 def rank_text_to_image(query_vectors: np.ndarray, query_image: np.ndarray, gallery_vectors: np.ndarray,
@@ -365,7 +358,7 @@ def rank_text_to_image(query_vectors: np.ndarray, query_image: np.ndarray, galle
     floats_per_query = len(gallery_matrix) + 2 * padded.size + 2 * n_images
     rows = _rows_per_block(block_size, floats_per_query)
     gallery_t = gallery_matrix.T
-    for first, end, _, _ in _block_bounds(np.ones(len(unique_queries), dtype=np.int64), rows):
+    for first, end in _block_bounds(len(unique_queries), rows):
         text_scores = unique_queries[first:end] @ gallery_t
         gathered = np.take(text_scores, padded.ravel(), axis=1).reshape(end - first, *padded.shape)
         image_scores = _aggregate(gathered, counts, aggregation, axis=1)
@@ -439,7 +432,7 @@ def rank_image_to_text(query_vectors: np.ndarray, query_image: np.ndarray, galle
 
     floats_per_image = (padded.shape[0] + 1) * len(unique_gallery) + 3 * len(gallery)
     rows = _rows_per_block(block_size, floats_per_image)
-    for first, end, _, _ in _block_bounds(np.ones(len(images), dtype=np.int64), rows):
+    for first, end in _block_bounds(len(images), rows):
         block_padded = padded[:, first:end]
         needed = np.unique(block_padded)
         if len(needed) == 1 and len(query_matrix) > 1:
