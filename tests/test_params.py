@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from trsllava_utils.batch import collect_params
 from trsllava_utils.params import (ParamsError, RunParams, load_params, params_from_namespace,
                                    validate_params)
 
@@ -90,9 +91,16 @@ def test_namespace_ignores_other_variables():
     assert params.aggregation == "mean"
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (PROJECT / "params").rglob("*.yaml")
-                                        if "grids" not in p.parts))
-def test_shipped_params_files_valid(name):
-    path = next((PROJECT / "params").rglob(name))
-    params = load_params(path)
-    assert params.run_name == path.stem
+@pytest.mark.parametrize("path", sorted((PROJECT / "params").rglob("*.yaml")),
+                         ids=lambda p: str(p.relative_to(PROJECT / "params")))
+def test_shipped_params_files_valid(path):
+    runs = collect_params([path])
+    assert runs
+    if len(runs) == 1:
+        assert runs[0].run_name == path.stem
+
+
+def test_shipped_run_names_unique():
+    runs = collect_params(sorted((PROJECT / "params").rglob("*.yaml")))
+    names = [run.run_name for run in runs]
+    assert len(names) == len(set(names))

@@ -17,9 +17,11 @@ run of the batch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import logging
+import os
 import sys
 import time
 import typing
@@ -154,6 +156,22 @@ class RunOutcome:
     executed: list[Path] = field(default_factory=list)
 
 
+@contextlib.contextmanager
+def _static_widgets():
+    """Tell the notebooks' kernels (they inherit the environment) to render widgets as static views."""
+    from .explorer import STATIC_ENV_VAR
+
+    previous = os.environ.get(STATIC_ENV_VAR)
+    os.environ[STATIC_ENV_VAR] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(STATIC_ENV_VAR, None)
+        else:
+            os.environ[STATIC_ENV_VAR] = previous
+
+
 def execute_run(params: RunParams, notebooks: Sequence[str] = NOTEBOOKS, kernel_name: str = "python3",
                 progress: bool = True, notebook_dir: Path = NOTEBOOK_DIR) -> RunOutcome:
     """Execute the notebooks of one run in order; stop at the first failing notebook."""
@@ -171,8 +189,9 @@ def execute_run(params: RunParams, notebooks: Sequence[str] = NOTEBOOKS, kernel_
         target = executed_dir / f"{stem}.ipynb"
         logger.info("run %s: executing %s", params.run_name, source.name)
         try:
-            papermill.execute_notebook(str(source), str(target), parameters=values, kernel_name=kernel_name,
-                                       cwd=str(notebook_dir), progress_bar=progress)
+            with _static_widgets():
+                papermill.execute_notebook(str(source), str(target), parameters=values, kernel_name=kernel_name,
+                                           cwd=str(notebook_dir), progress_bar=progress)
         except PapermillExecutionError as exc:
             outcome.status = "failed"
             outcome.error = f"{exc.ename}: {exc.evalue}"

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .data import Dataset
-from .rsrt import RSRTRecord, image_key, iter_jsonl, read_records, record_texts
+from .rsrt import RSRTRecord, image_key, read_records, record_texts
 
 if TYPE_CHECKING:
     from .params import RunParams
@@ -173,8 +173,8 @@ def build_run_episodes(params: "RunParams", dataset: Dataset, run_folder: Path) 
         if not queries_path.is_file():
             raise FileNotFoundError(f"{queries_path} not found; run 01_captioning with "
                                     f"image_query_source 'image_queries' first")
-        by_image: dict[str, list[str]] = {}
-        for _, obj in iter_jsonl(queries_path):
-            by_image[image_key(obj["image"])] = list(obj["queries"])
+        from .captioning import read_image_queries
+
+        by_image = {image_key(image): texts for image, texts in read_image_queries(queries_path).items()}
         image_queries = image_query_set(dataset, by_image)
     return [method_episode(dataset, database, image_queries)]

@@ -60,7 +60,8 @@ class RunParams(BaseModel):
     max_retries: int = Field(3, ge=0, le=20)
     generation_mode: GenerationMode = "single"
     caption_batch_size: int = Field(4, ge=1)
-    max_new_tokens: int = Field(768, ge=1)
+    # Five RSRT variants of about 80-word paragraphs run to roughly 1,200 tokens.
+    max_new_tokens: int = Field(1536, ge=1)
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     n_variants: int = Field(5, ge=1, le=10)
     image_query_source: ImageQuerySource = "rsrt"
