@@ -180,8 +180,8 @@ def _unique_rows(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Return the distinct rows and, per input row, the index of its distinct row.
 
     Rows are distinct when their bytes differ. A fingerprint groups the rows,
-    and a row-by-row comparison confirms every group; after a hash collision
-    (never seen, but possible) the exact and slower ``np.unique`` decides.
+    and a row-by-row comparison confirms every group. After a hash collision
+    (possible, though unlikely) the exact and slower ``np.unique`` decides.
     """
     if len(vectors) == 0:
         return vectors, np.zeros(0, dtype=np.int64)
@@ -207,7 +207,8 @@ def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if k == 0:
         return np.empty((n_rows, 0), dtype=np.int64), np.empty((n_rows, 0), dtype=np.float32)
     if k <= _ARGMAX_TOP_K:
-        # k passes of argmax, which returns the first of equal maxima; far faster than argpartition for small k.
+        # argmax returns the first of equal maxima, so equal scores come out by column index.
+        # For small k, k argmax passes are faster than one argpartition.
         remaining = scores.copy()
         index = np.empty((n_rows, k), dtype=np.int64)
         rows = np.arange(n_rows)
