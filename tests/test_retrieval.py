@@ -77,7 +77,7 @@ def test_t2i_duplicate_text_ties_against_query():
     assert result.top_k.tolist() == [[0, 1, 2]]
 
 
-def test_t2i_tie_below_own_score_not_counted():
+def test_t2i_tie_below_own_score():
     # Images 1 and 2 tie with each other at 0, below the own score 1: no tie at the boundary.
     gallery = vectors((1, 0), (0, 1), (0, 1))
     result = rank_text_to_image(vectors((1, 0)), np.array([0]), gallery, np.array([0, 1, 2]), 3)
@@ -382,7 +382,7 @@ def test_recall_at_k_empty_raises():
         recall_at_k(np.array([], dtype=np.int64), [1])
 
 
-def test_recall_metrics_mr_is_mean_of_six():
+def test_recall_metrics_mr_mean():
     metrics = retrieval.recall_metrics({"t2i": np.array([1, 2, 6, 11]), "i2t": np.array([1, 1, 1, 20])},
                                        [1, 5, 10])
     assert metrics["t2i_R@1"] == 25.0
@@ -414,6 +414,14 @@ def test_bootstrap_all_hits_degenerate():
     intervals = bootstrap_ci({"t2i": [np.ones(10)], "i2t": [np.ones(3)]}, [1], n_bootstrap=50)
     assert intervals["t2i_R@1"] == (100.0, 100.0)
     assert intervals["mR"] == (100.0, 100.0)
+
+
+def test_bootstrap_strata_keep_their_size():
+    # Resampling within each stratum keeps 10 hits and 10 misses in every replicate.
+    strata = {"t2i": [np.ones(10), np.full(10, 100)], "i2t": [np.ones(4)]}
+    intervals = bootstrap_ci(strata, [1], n_bootstrap=100, seed=0)
+    assert intervals["t2i_R@1"] == (50.0, 50.0)
+    assert intervals["mR"] == (75.0, 75.0)
 
 
 def test_bootstrap_zero_samples_raises():
@@ -504,11 +512,19 @@ def test_evaluate_per_class():
     assert metrics["per_class"]["i2t"] == {"roof": {"n": 1, "R@1": 0.0}, "water": {"n": 1, "R@1": 0.0}}
 
 
+def test_evaluate_per_class_counts_unlabelled(caplog):
+    with caplog.at_level("WARNING", logger="trsllava_utils.retrieval"):
+        metrics = evaluate_small(labels=["roof", None, "roof"], ks=(1,)).metrics
+    assert set(metrics["per_class"]["t2i"]) == {"roof"}
+    assert metrics["per_class"]["t2i"]["roof"]["n"] == 3
+    assert "leaves out 2 of 6 queries" in caplog.text
+
+
 def test_evaluate_per_class_without_labels():
     assert evaluate_small().metrics["per_class"] == {}
 
 
-def test_evaluate_callable_called_once_on_distinct_texts():
+def test_evaluate_callable_called_once():
     calls = []
 
     def embed(texts):
@@ -544,7 +560,7 @@ def test_evaluate_image_ids_mismatch_raises():
         evaluate([make_episode()], TEXT_VECTORS, image_ids=IMAGE_IDS[:2])
 
 
-def test_evaluate_without_bootstrap_null_intervals():
+def test_evaluate_no_bootstrap_null_intervals():
     ci95 = evaluate_small(n_bootstrap=0).metrics["ci95"]
     assert ci95["mR"] == [None, None]
     assert len(ci95) == 7
@@ -627,6 +643,11 @@ def test_retrieval_examples_t2i():
     assert examples["retrieved_id"].tolist() == ["a.tif", "c.tif", "b.tif"]
     assert examples["correct"].tolist() == [False, True, False]
     assert examples["score"].tolist() == pytest.approx([1.0, 0.8, 0.6])
+
+
+def test_retrieval_examples_unknown_query_raises():
+    with pytest.raises(ValueError, match=r"query ids not found among the t2i queries of episode all: \['x#0'\]"):
+        retrieval.retrieval_examples(evaluate_small(), ["x#0"])
 
 
 def test_retrieval_examples_i2t():
