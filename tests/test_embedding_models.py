@@ -160,10 +160,12 @@ def test_hub_used_only_online(monkeypatch, minilm) -> None:
     embedder = load_embedder("someone/some-model")
     assert calls == ["someone/some-model"]
     assert embedder.source.startswith("hub someone/some-model at ")
+    load_embedder("all-MiniLM-L12-v2")
+    assert calls[-1] == "sentence-transformers/all-MiniLM-L12-v2"
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     with pytest.raises(EmbedderError, match="hub is offline"):
         load_embedder("someone/some-model")
-    assert calls == ["someone/some-model"]
+    assert len(calls) == 2
 
 
 def test_missing_package_names_extra(monkeypatch) -> None:

@@ -180,10 +180,11 @@ class OnnxEmbedder(Embedder):
         max_length: tokens per text after truncation, special tokens included.
         source: where the model came from, for display.
         device: ``"cuda"`` requests onnxruntime's CUDA provider when it is available; anything else runs on CPU.
+        num_threads: onnxruntime intra-op threads; ``None`` lets onnxruntime use one per core.
     """
 
     def __init__(self, name: str, onnx_path: str | os.PathLike, tokenizer_path: str | os.PathLike,
-                 max_length: int, source: str, device: str | None = None) -> None:
+                 max_length: int, source: str, device: str | None = None, num_threads: int | None = None) -> None:
         import onnxruntime
         from tokenizers import Tokenizer
 
@@ -205,7 +206,10 @@ class OnnxEmbedder(Embedder):
         providers = ["CPUExecutionProvider"]
         if device and device.startswith("cuda") and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
-        self.session = onnxruntime.InferenceSession(str(self.onnx_path), providers=providers)
+        options = onnxruntime.SessionOptions()
+        if num_threads is not None:
+            options.intra_op_num_threads = num_threads
+        self.session = onnxruntime.InferenceSession(str(self.onnx_path), sess_options=options, providers=providers)
         self.input_names = [node.name for node in self.session.get_inputs()]
         for required in ("input_ids", "attention_mask"):
             if required not in self.input_names:

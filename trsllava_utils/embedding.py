@@ -136,9 +136,14 @@ def _missing_package_error(spec: ModelSpec, missing: list[str]) -> EmbedderError
 
 
 def _hub_folder(repo_id: str) -> Path:
+    """Download (or find in the local hub cache) a model repository; return its folder."""
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(repo_id))
+    try:
+        return Path(snapshot_download(repo_id))
+    except Exception as exc:  # the hub client raises many types: HTTP, offline, not found, ...
+        raise EmbedderError(f"cannot fetch {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: {exc}); "
+                            f"check the name, or pass path= to a local copy") from exc
 
 
 def _minilm_tokenizer() -> Path:
@@ -234,8 +239,10 @@ def load_embedder(name: str, *, path: str | None = None, base_url: str | None = 
     if folder.is_dir():
         return SentenceTransformerEmbedder(name, folder, f"folder {folder.resolve()}", device)
     if hub_online():
-        folder = _hub_folder(name)
-        return SentenceTransformerEmbedder(name, folder, f"hub {name} at {folder}", device)
+        # Like sentence-transformers, a bare name means the sentence-transformers organisation.
+        repo_id = name if "/" in name else f"sentence-transformers/{name}"
+        folder = _hub_folder(repo_id)
+        return SentenceTransformerEmbedder(name, folder, f"hub {repo_id} at {folder}", device)
     raise EmbedderError(f"unknown embedding model {name!r} and the hub is offline (HF_HUB_OFFLINE or "
                         f"TRANSFORMERS_OFFLINE is set). Registered names: {', '.join(REGISTRY)}, "
                         f"or 'openai:<model>' with a base URL, or a local sentence-transformers folder")
