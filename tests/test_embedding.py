@@ -113,3 +113,10 @@ def test_project_unknown_method() -> None:
 def test_project_too_few_points() -> None:
     with pytest.raises(ValueError, match="at least 3 vectors"):
         project_2d(UNIT[:2])
+
+
+def test_text_vectors_keep_model_description(tmp_path):
+    table = TextVectors(["a", "b", "c"], UNIT, "m@1", model_name="m", source="package p at /x")
+    loaded = TextVectors.load(table.save(tmp_path / "e.npz"))
+    assert loaded.model_name == "m"
+    assert loaded.source == "package p at /x"

@@ -360,6 +360,8 @@ class TextVectors:
     texts: list[str]
     vectors: np.ndarray
     model_identity: str
+    model_name: str = ""
+    source: str = ""
 
     def __post_init__(self) -> None:
         self.texts = list(self.texts)
@@ -385,7 +387,8 @@ class TextVectors:
         temporary = path.with_name(f".{path.name}.tmp")
         with temporary.open("wb") as handle:
             np.savez(handle, texts=np.array(self.texts, dtype=str), vectors=self.vectors,
-                     model_identity=np.array(self.model_identity))
+                     model_identity=np.array(self.model_identity), model_name=np.array(self.model_name),
+                     source=np.array(self.source))
         os.replace(temporary, path)
         return path
 
@@ -405,7 +408,8 @@ class TextVectors:
             if absent:
                 raise ValueError(f"{path}: not an embeddings file, it lacks {sorted(absent)}")
             try:
-                return cls(data["texts"].tolist(), data["vectors"], str(data["model_identity"]))
+                described = {key: str(data[key]) for key in ("model_name", "source") if key in data.files}
+                return cls(data["texts"].tolist(), data["vectors"], str(data["model_identity"]), **described)
             except ValueError as exc:
                 raise ValueError(f"{path}: {exc}") from None
 
