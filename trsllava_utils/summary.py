@@ -504,3 +504,25 @@ def write_summary(df: pd.DataFrame, output_root: str | os.PathLike, *,
     paths["tex"].write_text(format_latex(df, with_baselines=with_baselines), encoding="utf-8")
     logger.info("wrote the summary of %d runs to %s", len(df), ", ".join(str(p) for p in paths.values()))
     return paths
+
+
+def ablation_slice(runs: pd.DataFrame, reference: dict[str, Any], axes: Sequence[str]) -> pd.DataFrame:
+    """Select the runs that differ from ``reference`` only along ``axes``.
+
+    The rows keep ``reference``'s dataset, split and oracle flag, and its
+    value on every ablation axis not listed, so a figure over ``axes`` never
+    mixes two settings of another axis in one point.
+
+    Args:
+        runs: The table of :func:`collect_runs`.
+        reference: A row of that table (or :func:`metrics_row` of a run).
+        axes: The ablation axes allowed to vary, e.g. ``["n_variants", "aggregation"]``.
+    """
+    if runs.empty:
+        return runs
+    fixed = ["dataset", "split", "oracle", *[axis for axis in AXES if axis not in axes]]
+    keep = pd.Series(True, index=runs.index)
+    for column in fixed:
+        if column in runs.columns and column in reference:
+            keep &= runs[column].astype(str) == str(reference[column])
+    return runs[keep].reset_index(drop=True)
