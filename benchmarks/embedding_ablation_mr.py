@@ -1,10 +1,11 @@
 """Compute mR per embedding model without the notebooks: oracle splits and the demo set.
 
-A quick cross-check of the ablation grids in ``params/ablations/``: the same
-episodes as the notebooks build (the human-holdout oracle's five folds on the
-RSITMD and RSICD test splits, and the method on the demo images with their
-precomputed RSRT records), embedded through the shared vector store and ranked
-by :func:`trsllava_utils.retrieval.evaluate` without bootstrap intervals.
+A quick cross-check of the ablation grids in ``params/ablations/``. It builds
+the same episodes as the notebooks: the human-holdout oracle's five folds on
+the RSITMD and RSICD test splits, and the method on the demo images with their
+precomputed RSRT records. Texts are embedded through the shared vector store
+and ranked by :func:`trsllava_utils.retrieval.evaluate` without bootstrap
+intervals.
 
 Usage::
 
