@@ -3,7 +3,7 @@
 Usage::
 
     python -m trsllava_utils.batch params/demo_minilm.yaml params/ablations/
-    python -m trsllava_utils.batch params/grids/variants.yaml --dry-run
+    python -m trsllava_utils.batch params/ablations/demo_variants.yaml --dry-run
 
 Each argument is a YAML file or a folder of them. A file whose values hold
 lists is a grid: every combination becomes one run (see :func:`expand_grid`).
@@ -30,9 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .params import ParamsError, RunParams, notebook_params, validate_params
+from .params import ParamsError, RunParams, notebook_params, read_params_file, validate_params
 from .paths import PROJECT_ROOT, resolve_output_root
 
 logger = logging.getLogger(__name__)
@@ -111,15 +109,9 @@ def collect_params(paths: Sequence[str | Path]) -> list[RunParams]:
         path = Path(raw)
         files = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
         if path.is_dir() and not files:
-            raise ParamsError(f"{path}: folder holds no .yaml parameters files")
+            raise ParamsError(f"{path}: folder contains no .yaml parameters files")
         for file in files:
-            if not file.is_file():
-                raise ParamsError(f"parameters file not found: {file}")
-            try:
-                values = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-            except yaml.YAMLError as exc:
-                raise ParamsError(f"{file}: not valid YAML: {exc}") from None
-            runs.extend(expand_grid(values, str(file)))
+            runs.extend(expand_grid(read_params_file(file), str(file)))
     names = [run.run_name for run in runs]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
@@ -133,7 +125,7 @@ def run_folder(params: RunParams) -> Path:
 
 
 def is_complete(params: RunParams) -> bool:
-    """Whether the run's ``metrics.json`` exists and was made with exactly these parameters."""
+    """Return whether the run's ``metrics.json`` exists and was made with exactly these parameters."""
     metrics_path = run_folder(params) / "metrics.json"
     if not metrics_path.is_file():
         return False
@@ -146,7 +138,7 @@ def is_complete(params: RunParams) -> bool:
 
 @dataclass
 class RunOutcome:
-    """How one run of a batch ended."""
+    """The outcome of one run of a batch."""
 
     run_name: str
     status: str  # "done", "skipped" or "failed"

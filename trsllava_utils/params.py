@@ -160,16 +160,20 @@ def validate_params(values: dict[str, Any], source: str = "parameters") -> RunPa
         raise ParamsError(f"{source}: invalid parameters:\n  - {problems}") from None
 
 
-def load_params(path: str | os.PathLike) -> RunParams:
-    """Read and validate one YAML parameters file."""
+def read_params_file(path: str | os.PathLike) -> Any:
+    """Read a YAML parameters file without validating it; an empty file gives ``{}``."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"parameters file not found: {path}")
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
-    return validate_params(values, source=str(path))
+
+
+def load_params(path: str | os.PathLike) -> RunParams:
+    """Read and validate one YAML parameters file (one run, not a grid)."""
+    return validate_params(read_params_file(path), source=str(path))
 
 
 def notebook_params(params: RunParams) -> dict[str, Any]:
