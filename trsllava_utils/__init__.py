@@ -22,3 +22,15 @@ matching. One module per concept:
 """
 
 __version__ = "0.1.0"
+
+
+def log_to_notebook(level: int = 20) -> None:
+    """Show this package's log lines (INFO by default) in a notebook, and only warnings from other libraries.
+
+    Libraries such as fontTools log every step at INFO, which would bury the
+    workbook's own progress lines.
+    """
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger(__name__).setLevel(level)
