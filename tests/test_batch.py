@@ -104,3 +104,17 @@ def test_cli_dry_run_lists_runs(tmp_path, capsys):
     output = capsys.readouterr().out
     assert "g_max\trun" in output
     assert "2 run(s)" in output
+
+
+def test_summary_keeps_earlier_runs(tmp_path):
+    from analysis_fixtures import make_metrics, write_run
+
+    write_run(tmp_path, make_metrics("earlier_run"))
+    write_run(tmp_path, make_metrics("this_run"))
+    runs = [validate_params({"run_name": "this_run", "output_root": str(tmp_path)})]
+    paths, table = batch.write_batch_summary(runs)
+    written = paths["csv"].read_text()
+    assert "earlier_run" in written
+    assert "this_run" in written
+    assert "this_run" in table
+    assert "earlier_run" not in table

@@ -185,7 +185,18 @@ def test_record_label_beats_name(tmp_path):
 
 def test_integer_label_ignored(tmp_path):
     path = _json(tmp_path / "c.json", [{"image": "x/boat_3.tif", "caption": _five("a"), "label": 4}])
-    assert _custom(path).items[0].label == "boat"
+    assert _custom(path).items[0].label is None
+
+
+def test_custom_names_give_no_label(tmp_path):
+    path = _json(tmp_path / "c.json", [{"image": "ucm_1.tif", "caption": _five("a")}])
+    assert _custom(path).items[0].label is None
+
+
+def test_registered_names_give_label(data_root):
+    first = load_dataset("rsitmd").items[0]
+    assert first.image_id == "parking_229.tif"
+    assert first.label == "parking"
 
 
 def test_image_path_prefix_stripped(tmp_path):
@@ -736,3 +747,18 @@ def test_image_dir_missing(tmp_path):
 
 def test_registry_names():
     assert sorted(REGISTRY) == ["demo", "rsicd", "rsitmd", "sydney", "ucm"]
+
+
+def test_csv_missing_caption_column_named(tmp_path):
+    path = _lines(tmp_path / "c.csv", ["image,description", "a.png,a field"])
+    with pytest.raises(DatasetError) as info:
+        _custom(path, caption_format="csv")
+    message = str(info.value)
+    assert "lacks a caption column (caption," in message
+    assert "image column" not in message
+
+
+def test_csv_missing_both_columns_named(tmp_path):
+    path = _lines(tmp_path / "c.csv", ["picture,description", "a.png,a field"])
+    with pytest.raises(DatasetError, match="lacks an image column .* and a caption column"):
+        _custom(path, caption_format="csv")

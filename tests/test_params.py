@@ -104,3 +104,15 @@ def test_shipped_run_names_unique():
     runs = collect_params(sorted((PROJECT / "params").rglob("*.yaml")))
     names = [run.run_name for run in runs]
     assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("values, expected", [
+    ({"n_variants": 12}, "allowed: an integer >= 1, <= 10"),
+    ({"data_root": 3}, "allowed: null or a string"),
+    ({"ks": "five"}, "allowed: a list of integers"),
+    ({"temperature": "hot"}, "allowed: a number >= 0.0, <= 2.0"),
+])
+def test_bad_value_describes_allowed(values, expected):
+    with pytest.raises(ParamsError) as info:
+        validate_params(values)
+    assert expected in str(info.value)

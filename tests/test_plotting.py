@@ -264,6 +264,18 @@ def test_embedding_map_one_series_per_label():
     assert ax.get_xlabel() == "PCA component 1 (arbitrary units)"
 
 
+def test_embedding_map_greys_rare_classes():
+    import numpy as np
+
+    labels = ["c"] * 3 + ["a"] * 2 + ["b"] * 2 + ["d"]
+    fig = plotting.plot_embedding_map(np.zeros((8, 2)), labels, max_classes=2)
+    ax = fig.axes[0]
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    # "c" is the most frequent; "a" wins the tie with "b" by name.
+    assert legend == ["2 other classes", "a", "c"]
+    assert len(ax.collections[0].get_offsets()) == 3
+
+
 def test_embedding_map_shape_check():
     import numpy as np
 

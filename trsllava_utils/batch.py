@@ -11,7 +11,7 @@ For each run the notebooks in ``notebooks/`` execute in order with the same
 parameters; the executed copies go to ``outputs/<run_name>/notebooks/``. A
 failing notebook stops its run and the batch goes on; the exit code is 1 when
 any run failed. At the end ``outputs/summary.{csv,md,tex}`` get one row per
-run of the batch.
+run in the output folder.
 """
 
 from __future__ import annotations
@@ -215,7 +215,12 @@ def run_batch(runs: Sequence[RunParams], *, force: bool = False, notebooks: Sequ
 
 
 def write_batch_summary(runs: Sequence[RunParams]) -> tuple[dict[str, Path], str]:
-    """Write ``summary.{csv,md,tex}`` for the runs of the batch; return the paths and the Markdown table."""
+    """Write ``summary.{csv,md,tex}`` over every run in the output folder; return the paths and this batch's table.
+
+    The files cover all runs with a ``metrics.json``, so a batch of one run
+    (or a failed batch) never hides the results of earlier batches. The
+    returned Markdown shows only the runs of this batch.
+    """
     from .summary import collect_runs, format_markdown, write_summary
 
     roots = sorted({str(resolve_output_root(run.output_root)) for run in runs})
@@ -224,9 +229,9 @@ def write_batch_summary(runs: Sequence[RunParams]) -> tuple[dict[str, Path], str
     tables: list[str] = []
     for root in roots:
         frame = collect_runs(root)
-        frame = frame[frame["run_name"].isin(names)] if len(frame) else frame
         paths.update(write_summary(frame, root))
-        tables.append(format_markdown(frame))
+        this_batch = frame[frame["run_name"].isin(names)] if len(frame) else frame
+        tables.append(format_markdown(this_batch))
     return paths, "\n\n".join(tables)
 
 

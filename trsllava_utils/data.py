@@ -153,6 +153,9 @@ PRECOMP_FILES: dict[str, dict[str, str]] = {
 }
 """The same splits in the precomp text format, read with ``caption_format="precomp"``."""
 
+NAME_LABELLED_DATASETS: frozenset[str] = frozenset({"rsitmd", "rsicd"})
+"""Datasets whose image file names start with the scene class (``boat_0.tif`` is ``boat``)."""
+
 CAPTIONS_PER_IMAGE: dict[str, int] = {"demo": 5, "rsitmd": 5, "rsicd": 5, "ucm": 5, "sydney": 5}
 """Captions per image in each registered dataset; other counts are reported as a warning."""
 
@@ -302,10 +305,12 @@ def load_dataset(name: str, split: str = "test", data_root: str | os.PathLike | 
         images = _resolve_user_path(image_dir, root, "image folder")
 
     parsed = read_captions(source, split, caption_format)
+    # Only RSITMD and RSICD name their files <class>_<number>; elsewhere a prefix is no class.
+    labels_from_names = name in NAME_LABELLED_DATASETS
     items = []
     for image in parsed.images:
         path = _resolve_image_path(images, image.image) if images is not None else None
-        label = image.label or label_from_name(image.image)
+        label = image.label or (label_from_name(image.image) if labels_from_names else None)
         items.append(ImageItem(image_key(image.image), tuple(image.captions), path, label))
     report = LoadReport(source=str(parsed.source), format=parsed.format, records_read=parsed.records_read,
                         skipped=dict(parsed.skipped), warnings=list(parsed.warnings), layout=parsed.layout,

@@ -394,8 +394,13 @@ def read_csv(path: Path, split: str) -> ParseResult:
     first_line = text.split("\n", 1)[0].rstrip("\r")
     delimiter = _csv_delimiter(first_line)
     if delimiter is None:
-        raise DatasetError(f"{path}: line 1 {first_line[:120]!r} names no image column ({', '.join(IMAGE_COLUMNS)}) "
-                           f"and caption column ({', '.join(CAPTION_COLUMNS)}); rename the header columns")
+        header = [c.strip().strip('"').lower() for c in re.split(r"[,\t;]", first_line)]
+        has_image = any(c in IMAGE_COLUMNS for c in header)
+        missing = [] if has_image else [f"an image column ({', '.join(IMAGE_COLUMNS)})"]
+        if not any(c in CAPTION_COLUMNS for c in header):
+            missing.append(f"a caption column ({', '.join(CAPTION_COLUMNS)})")
+        raise DatasetError(f"{path}: line 1 {first_line[:120]!r} lacks {' and '.join(missing)}; "
+                           "rename the header columns")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     header = [c.strip().lower() for c in next(reader)]
     image_col = next(header.index(c) for c in IMAGE_COLUMNS if c in header)

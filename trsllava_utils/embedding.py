@@ -143,7 +143,8 @@ def _hub_folder(repo_id: str) -> Path:
         return Path(snapshot_download(repo_id))
     except Exception as exc:  # the hub client raises many types: HTTP, offline, not found, ...
         raise EmbedderError(f"cannot fetch {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: {exc}); "
-                            f"check the name, or pass path= to a local copy") from exc
+                            f"check the name (packaged models: {', '.join(REGISTRY)}), or set the parameter "
+                            f"embedding_model_path to a local copy") from exc
 
 
 def _minilm_tokenizer() -> Path:

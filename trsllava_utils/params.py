@@ -118,20 +118,37 @@ class RunParams(BaseModel):
         return self.captioner == "human-holdout"
 
 
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
 def allowed_values(key: str) -> str:
-    """Describe the allowed values of ``key`` from its type annotation."""
-    annotation = RunParams.model_fields[key].annotation
+    """Describe the allowed values of ``key`` from its type annotation and bounds."""
+    field = RunParams.model_fields[key]
     literals: list[Any] = []
-    stack = [annotation]
+    kinds: list[str] = []
+    stack = [field.annotation]
     while stack:
         current = stack.pop()
         if typing.get_origin(current) is Literal:
             literals.extend(typing.get_args(current))
+        elif typing.get_origin(current) is list and typing.get_args(current)[0] in _TYPE_WORDS:
+            kinds.append(f"a list of {_TYPE_WORDS[typing.get_args(current)[0]].split(' ', 1)[1]}s")
+        elif typing.get_origin(current) is list:
+            stack.extend(typing.get_args(current))
+        elif current is type(None):
+            kinds.append("null")
+        elif current in _TYPE_WORDS:
+            kinds.append(_TYPE_WORDS[current])
         else:
             stack.extend(typing.get_args(current))
     if literals:
         return ", ".join(repr(v) for v in literals)
-    return str(annotation).replace("typing.", "")
+    bounds = []
+    for rule in field.metadata:
+        for name, word in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"), ("pattern", "matching")):
+            if getattr(rule, name, None) is not None:
+                bounds.append(f"{word} {getattr(rule, name)}")
+    return " or ".join(dict.fromkeys(kinds)) + (f" {', '.join(bounds)}" if bounds else "")
 
 
 def _describe_error(error: dict[str, Any]) -> str:

@@ -604,10 +604,18 @@ def _class_label(name: str, per_class: Mapping[str, Any], directions: Sequence[t
 # 02_embedding: 2-D map of text vectors ---------------------------------------------------------------------------
 
 
+EMBEDDING_MAP_CLASSES = 8
+"""Classes drawn in colour on the embedding map; the rest are grey, so the legend stays readable."""
+
+
 def plot_embedding_map(points_2d: np.ndarray, labels: Sequence[str], *, method: str = "PCA",
                        width: float = ONE_COLUMN_WIDTH_IN, height: float = 3.0,
-                       title: str | None = None) -> Figure:
+                       title: str | None = None, max_classes: int = EMBEDDING_MAP_CLASSES) -> Figure:
     """Plot 2-D projected text vectors, one colour and marker per label.
+
+    With more than ``max_classes`` labels, the ``max_classes`` most frequent
+    ones (ties by name) get a colour and marker each, and the other points are
+    drawn underneath as small grey dots labelled "other classes".
 
     Args:
         points_2d: ``(n, 2)`` coordinates from a projection such as PCA.
@@ -616,23 +624,30 @@ def plot_embedding_map(points_2d: np.ndarray, labels: Sequence[str], *, method: 
         width: Figure width in inches.
         height: Figure height in inches.
         title: Optional axis title.
+        max_classes: How many labels get their own colour.
 
     Returns:
-        The figure, one scatter collection per distinct label (sorted), with
-        the legend outside the axis on the right.
+        The figure, one scatter collection per coloured label (sorted by
+        name), with the legend below the axis.
     """
     points = np.asarray(points_2d, dtype=float)
     if points.ndim != 2 or points.shape[1] != 2:
         raise ValueError(f"points_2d must have shape (n, 2), got {points.shape}")
     if len(labels) != len(points):
         raise ValueError(f"{len(labels)} labels for {len(points)} points")
-    names = sorted({str(label) for label in labels})
     label_array = np.asarray([str(label) for label in labels])
+    counts = pd.Series(label_array).value_counts()
+    ranked = sorted(counts.index, key=lambda name: (-counts[name], name))
+    names = sorted(ranked[:max_classes])
+    others = ~np.isin(label_array, names)
     with paper_style():
         fig, ax = plt.subplots(figsize=(width, height))
+        if others.any():
+            n_other = len(ranked) - len(names)
+            ax.scatter(points[others, 0], points[others, 1], s=3, color="#BBBBBB", linewidths=0,
+                       label=f"{n_other} other classes")
         for index, name in enumerate(names):
             mask = label_array == name
-            # Colour cycles every 8 labels and marker every 8 as well, offset, so pairs repeat only after 64.
             ax.scatter(points[mask, 0], points[mask, 1], s=10, color=PALETTE[index % len(PALETTE)],
                        marker=MARKERS[(index // len(PALETTE) + index) % len(MARKERS)], linewidths=0.3,
                        edgecolors="black", label=name)
@@ -640,8 +655,8 @@ def plot_embedding_map(points_2d: np.ndarray, labels: Sequence[str], *, method: 
         ax.set_ylabel(f"{method} component 2 (arbitrary units)")
         if title:
             ax.set_title(title)
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0, ncol=1 if len(names) <= 16 else 2,
-                  fontsize=6, handletextpad=0.2, markerscale=1.2)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), borderaxespad=0, ncol=3,
+                  fontsize=6, handletextpad=0.2, markerscale=1.2, columnspacing=0.8)
     return fig
 
 
