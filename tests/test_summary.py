@@ -10,7 +10,7 @@ import pytest
 
 from analysis_fixtures import make_metrics, write_run
 from trsllava_utils.baselines import PUBLISHED, published_results
-from trsllava_utils.summary import (MetricsFileError, collect_runs, format_markdown, format_value, latex_escape,
+from trsllava_utils.summary import (MetricsFileError, ablation_slice, collect_runs, format_markdown, format_value, latex_escape,
                                     metric_keys, write_summary)
 
 
@@ -252,3 +252,22 @@ def test_published_sources_non_empty():
 def test_published_results_filter():
     assert set(published_results("RSICD")["dataset"]) == {"rsicd"}
     assert published_results("demo").empty
+
+
+def test_ablation_slice_fixes_other_axes(tmp_path):
+    write_run(tmp_path, make_metrics("n1_max", dataset="demo", n_variants=1))
+    write_run(tmp_path, make_metrics("n3_max", dataset="demo", n_variants=3))
+    write_run(tmp_path, make_metrics("n3_rsitmd", dataset="rsitmd", n_variants=3))
+    runs = collect_runs(tmp_path)
+    reference = runs[runs["run_name"] == "n1_max"].iloc[0].to_dict()
+    sliced = ablation_slice(runs, reference, ["n_variants"])
+    assert sliced["run_name"].tolist() == ["n1_max", "n3_max"]
+
+
+def test_ablation_slice_keeps_reference_among_twins(tmp_path):
+    write_run(tmp_path, make_metrics("a_default", dataset="demo"))
+    write_run(tmp_path, make_metrics("b_default", dataset="demo"))
+    runs = collect_runs(tmp_path)
+    reference = runs[runs["run_name"] == "b_default"].iloc[0].to_dict()
+    sliced = ablation_slice(runs, reference, ["n_variants"])
+    assert sliced["run_name"].tolist() == ["b_default"]

@@ -511,7 +511,9 @@ def ablation_slice(runs: pd.DataFrame, reference: dict[str, Any], axes: Sequence
 
     The rows keep ``reference``'s dataset, split and oracle flag, and its
     value on every ablation axis not listed, so a figure over ``axes`` never
-    mixes two settings of another axis in one point.
+    mixes two settings of another axis in one point. Runs with the same
+    settings under other names (a grid often repeats the default run) appear
+    once: the reference run if it is among them, else the first by name.
 
     Args:
         runs: The table of :func:`collect_runs`.
@@ -525,4 +527,9 @@ def ablation_slice(runs: pd.DataFrame, reference: dict[str, Any], axes: Sequence
     for column in fixed:
         if column in runs.columns and column in reference:
             keep &= runs[column].astype(str) == str(reference[column])
-    return runs[keep].reset_index(drop=True)
+    selected = runs[keep]
+    is_reference = selected["run_name"] != reference.get("run_name")
+    selected = selected.assign(_order=is_reference).sort_values(["_order", "run_name"], kind="mergesort")
+    settings = [axis for axis in AXES if axis in selected.columns]
+    selected = selected.drop_duplicates(settings).drop(columns="_order")
+    return sort_runs(selected)
