@@ -340,6 +340,64 @@ def test_blocked_float_vectors_near_ties_only(function, n_gallery):
         assert np.abs(blocked.top_k_scores - unblocked.top_k_scores).max() < 1e-6
 
 
+def random_integer_problem(seed):
+    """A problem with 40 queries and 12 images whose integer vectors repeat often (exact ties)."""
+    rng = np.random.default_rng(seed)
+    gallery_image = np.repeat(np.arange(12), rng.integers(1, 5, 12))
+    gallery = rng.integers(-2, 3, (len(gallery_image), 2)).astype(np.float32)
+    queries = rng.integers(-2, 3, (40, 2)).astype(np.float32)
+    query_image = rng.integers(0, 12, 40)
+    return queries, query_image, gallery, gallery_image, 12
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("aggregation", ["max", "mean"])
+def test_chunked_rows_equal_unchunked(monkeypatch, seed, aggregation):
+    queries, query_image, gallery, gallery_image, n_images = random_integer_problem(seed)
+    whole_t2i = rank_text_to_image(queries, query_image, gallery, gallery_image, n_images, aggregation)
+    whole_i2t = rank_image_to_text(queries, query_image, gallery, gallery_image, n_images, aggregation)
+    monkeypatch.setattr(retrieval, "_CHUNK_ROWS", 3)
+    chunked_t2i = rank_text_to_image(queries, query_image, gallery, gallery_image, n_images, aggregation)
+    chunked_i2t = rank_image_to_text(queries, query_image, gallery, gallery_image, n_images, aggregation)
+    assert_same_result(chunked_t2i, whole_t2i)
+    assert_same_result(chunked_i2t, whole_i2t)
+    ranks, tied = loop_t2i(queries, query_image, gallery, gallery_image, n_images, aggregation)
+    assert chunked_t2i.ranks.tolist() == ranks
+    assert chunked_t2i.tied.tolist() == tied
+    ranks, tied = loop_i2t(queries, query_image, gallery, gallery_image, aggregation)
+    assert chunked_i2t.ranks.tolist() == ranks
+    assert chunked_i2t.tied.tolist() == tied
+
+
+# Distinct ids per image: 0 -> {0, 1}; 1 -> {2, 4}; 2 -> {4}; 3 -> {3, 3}. Only id 4 is shared.
+LAYOUT_IDS = np.array([0, 1, 2, 4, 4, 3, 3])
+LAYOUT_IMAGES = np.array([0, 0, 1, 1, 2, 3, 3])
+
+
+def test_max_layout_order():
+    layout = retrieval._max_layout(LAYOUT_IDS, LAYOUT_IMAGES, 4, 5)
+    # Images without shared vectors first (0, 3), then 1 and 2; each part by exclusive count.
+    assert layout.position_of_image.tolist() == [0, 2, 3, 1]
+    assert layout.first_sharing == 2
+    assert layout.vector_order.tolist() == [0, 3, 2, 1, 4]
+    assert layout.runs == [(0, 0, 2, True), (2, 2, 1, True), (0, 3, 1, False)]
+    assert layout.shared_columns.tolist() == [[4, 4]]
+
+
+def test_max_over_layout_values():
+    layout = retrieval._max_layout(LAYOUT_IDS, LAYOUT_IMAGES, 4, 5)
+    distinct_scores = np.array([[0.125, 0.5, 0.25, 1.0, 0.75], [1.0, -1.0, -2.0, 0.0, -0.5]], dtype=np.float32)
+    image_scores = retrieval._max_over_layout(distinct_scores[:, layout.vector_order], layout)
+    assert image_scores.tolist() == [[0.5, 0.75, 0.75, 1.0], [1.0, -0.5, -0.5, 0.0]]
+
+
+def test_count_at_least_own_pairs():
+    scores = np.array([[1, 2, 2, 0], [3, 3, 1, 0]], dtype=np.float32)
+    at_least, equal = retrieval._count_at_least_own(scores, np.array([1, 0, 1, 1, 0]), np.array([2, 1, 0, 2, 3]))
+    assert at_least.tolist() == [3, 2, 2, 3, 4]
+    assert equal.tolist() == [1, 2, 2, 1, 1]
+
+
 def test_block_bounds_lone_last_row_joins():
     assert retrieval._block_bounds(7, 3) == [(0, 3), (3, 7)]
 

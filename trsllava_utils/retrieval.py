@@ -155,6 +155,20 @@ def _block_bounds(n_rows: int, max_rows: int) -> list[tuple[int, int]]:
     return bounds
 
 
+_CHUNK_ROWS = 256
+
+
+def _chunk_bounds(first: int, end: int) -> list[tuple[int, int]]:
+    """Split the rows of one block into chunks of at most ``_CHUNK_ROWS``, post-processed one at a time.
+
+    A chunk's score arrays stay in the CPU cache, so the gathers and reductions
+    after the matrix product run faster (the max over images about 2x, measured
+    on RSICD with 2 busy cores). Each chunk is a row slice of the block's
+    product, so chunking changes no value.
+    """
+    return [(lo, min(lo + _CHUNK_ROWS, end)) for lo in range(first, end, _CHUNK_ROWS)]
+
+
 def _rows_per_block(block_size: int, n_columns: int) -> int:
     by_memory = BLOCK_BYTES // (4 * max(n_columns, 1))
     return max(2, min(block_size, by_memory))
@@ -170,9 +184,8 @@ def _row_fingerprints(vectors: np.ndarray) -> np.ndarray:
     bits = vectors.view(np.uint32)
     fingerprints = np.empty(len(vectors), dtype=np.uint64)
     for lo in range(0, len(vectors), _FINGERPRINT_ROWS):
-        chunk = bits[lo:lo + _FINGERPRINT_ROWS].astype(np.uint64)
-        chunk *= multipliers
-        fingerprints[lo:lo + _FINGERPRINT_ROWS] = chunk.sum(axis=1)
+        # numpy's integer matmul wraps on overflow like the elementwise operations.
+        fingerprints[lo:lo + _FINGERPRINT_ROWS] = bits[lo:lo + _FINGERPRINT_ROWS].astype(np.uint64) @ multipliers
     return fingerprints
 
 
@@ -188,9 +201,12 @@ def _unique_rows(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     _, first, inverse = np.unique(_row_fingerprints(vectors), return_index=True, return_inverse=True)
     unique = vectors[first]
     inverse = inverse.reshape(-1).astype(np.int64)
-    for lo in range(0, len(vectors), _FINGERPRINT_ROWS):
-        hi = lo + _FINGERPRINT_ROWS
-        if not np.array_equal(vectors[lo:hi].view(np.uint32), unique[inverse[lo:hi]].view(np.uint32)):
+    # Only rows that are not the first of their group can differ from their distinct row.
+    bits = vectors.view(np.uint32)
+    repeats = np.flatnonzero(first[inverse] != np.arange(len(vectors)))
+    for lo in range(0, len(repeats), _FINGERPRINT_ROWS):
+        rows = repeats[lo:lo + _FINGERPRINT_ROWS]
+        if not np.array_equal(bits[rows], bits[first[inverse[rows]]]):
             logger.warning("fingerprint collision among %d vectors; using np.unique", len(vectors))
             unique, inverse = np.unique(vectors, axis=0, return_inverse=True)
             return unique, inverse.reshape(-1).astype(np.int64)
@@ -263,6 +279,130 @@ def _padded_groups(distinct_id: np.ndarray, group: np.ndarray, n_groups: int,
     return padded, counts
 
 
+@dataclass
+class _MaxLayout:
+    """Column order of the distinct gallery vectors that turns a max over image groups into slices.
+
+    A distinct vector is *exclusive* when only one image has it, and *shared*
+    otherwise. The images are permuted: first those without shared vectors,
+    then those with some, each part by descending number of exclusive
+    vectors. Product column block ``j`` holds the ``j``-th exclusive vector of
+    every image that has more than ``j`` of them. In each part these images
+    are a prefix, so the max over exclusive vectors takes contiguous column
+    slices only. The shared vectors come last, and the images that have them
+    (the last positions) take the max over them through a small gather.
+
+    Attributes:
+        vector_order: distinct-vector ids in product column order.
+        runs: ``(image position, product column, length, first)`` slices; ``first`` marks
+            the slices of block 0, which are copied, while the others are combined by max.
+        first_sharing: position of the first image with shared vectors.
+        shared_columns: (max shared vectors per image, images with shared vectors) product
+            columns of the shared vectors of the images from ``first_sharing`` on,
+            padded with repeats.
+        position_of_image: position of each image in the permuted order.
+    """
+
+    vector_order: np.ndarray
+    runs: list[tuple[int, int, int, bool]]
+    first_sharing: int
+    shared_columns: np.ndarray
+    position_of_image: np.ndarray
+
+
+def _max_layout(distinct_id: np.ndarray, group: np.ndarray, n_groups: int, n_distinct: int) -> _MaxLayout:
+    """Build the :class:`_MaxLayout` of groups whose members are distinct-vector ids (every group non-empty)."""
+    # Each (group, id) pair once: a repeated text cannot change a max.
+    pairs = np.unique(group * n_distinct + distinct_id)
+    pair_group, pair_id = np.divmod(pairs, n_distinct)
+    users = np.bincount(pair_id, minlength=n_distinct)
+    exclusive = users[pair_id] == 1
+    n_exclusive = np.bincount(pair_group[exclusive], minlength=n_groups)
+    has_shared = np.bincount(pair_group[~exclusive], minlength=n_groups) > 0
+    image_order = np.lexsort((-n_exclusive, has_shared))
+    position_of_image = np.empty(n_groups, dtype=np.int64)
+    position_of_image[image_order] = np.arange(n_groups)
+    first_sharing = int(n_groups - has_shared.sum())
+
+    # Exclusive pairs are sorted by group, then id, so the block is the rank within the group.
+    exclusive_group = pair_group[exclusive]
+    block = np.arange(len(exclusive_group)) - _segment_starts(n_exclusive)[exclusive_group]
+    by_block = np.lexsort((position_of_image[exclusive_group], block))
+    shared_id = np.flatnonzero(users > 1)
+    vector_order = np.concatenate((pair_id[exclusive][by_block], shared_id)).astype(np.int64)
+
+    runs = []
+    column = 0
+    for j in range(int(n_exclusive.max(initial=0))):
+        for start, in_part in ((0, ~has_shared), (first_sharing, has_shared)):
+            length = int((in_part & (n_exclusive > j)).sum())
+            if length:
+                runs.append((start, column, length, j == 0))
+                column += length
+
+    column_of_id = np.empty(n_distinct, dtype=np.int64)
+    column_of_id[vector_order] = np.arange(len(vector_order))
+    if len(shared_id):
+        sharing_position = position_of_image[pair_group[~exclusive]] - first_sharing
+        shared_columns, _ = _padded_groups(column_of_id[pair_id[~exclusive]], sharing_position,
+                                           n_groups - first_sharing, None)
+    else:
+        shared_columns = np.zeros((0, 0), dtype=np.int64)
+    return _MaxLayout(vector_order=vector_order, runs=runs, first_sharing=first_sharing,
+                      shared_columns=shared_columns, position_of_image=position_of_image)
+
+
+def _max_over_layout(text_scores: np.ndarray, layout: _MaxLayout) -> np.ndarray:
+    """Return each image's max score, from scores whose columns follow ``layout.vector_order``."""
+    n_rows = len(text_scores)
+    n_images = len(layout.position_of_image)
+    permuted = np.empty((n_rows, n_images), dtype=np.float32)
+    # Images without exclusive vectors (the last ones) get their score from the shared ones only.
+    covered = sum(length for start, _, length, first in layout.runs if first and start == layout.first_sharing)
+    permuted[:, layout.first_sharing + covered:] = -np.inf
+    for start, column, length, first in layout.runs:
+        target = permuted[:, start:start + length]
+        source = text_scores[:, column:column + length]
+        if first:
+            target[...] = source
+        else:
+            np.maximum(target, source, out=target)
+    if layout.shared_columns.size:
+        width, n_sharing = layout.shared_columns.shape
+        shared = np.take(text_scores, layout.shared_columns.ravel(), axis=1).reshape(n_rows, width, n_sharing)
+        target = permuted[:, layout.first_sharing:]
+        np.maximum(target, shared.max(axis=1), out=target)
+    return np.take(permuted, layout.position_of_image, axis=1)
+
+
+def _count_at_least_own(scores: np.ndarray, row: np.ndarray,
+                        own_column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Count the columns of ``scores[row[i]]`` that score >= and == its column ``own_column[i]``, for each i.
+
+    Repeated pairs are counted once. The first pair of each row compares the
+    row in place, so only rows with several pairs (one query vector with
+    several own images) are copied.
+    """
+    n_columns = scores.shape[1]
+    pairs, inverse = np.unique(row * n_columns + own_column, return_inverse=True)
+    pair_row, pair_column = np.divmod(pairs, n_columns)
+    own = scores[pair_row, pair_column]
+    first = np.ones(len(pairs), dtype=bool)
+    first[1:] = pair_row[1:] != pair_row[:-1]
+    at_least = np.empty(len(pairs), dtype=np.int64)
+    equal = np.empty(len(pairs), dtype=np.int64)
+    in_place = np.array_equal(pair_row[first], np.arange(len(scores)))
+    for selected, whole in ((first, in_place), (~first, False)):
+        if not selected.any():
+            continue
+        block = scores if whole else scores[pair_row[selected]]
+        own_scores = own[selected][:, None]
+        at_least[selected] = (block >= own_scores).sum(axis=1)
+        equal[selected] = (block == own_scores).sum(axis=1)
+    inverse = inverse.reshape(-1)
+    return at_least[inverse], equal[inverse]
+
+
 def _with_zero_row(unique: np.ndarray, aggregation: str) -> tuple[np.ndarray, int | None]:
     """Append a zero vector for mean padding; return the matrix and the zero row's id (None for max)."""
     if aggregation == "max":
@@ -299,8 +439,12 @@ def _empty_result(n_rows: int, k: int, query_image: np.ndarray) -> RankResult:
 # Both directions score each distinct vector once. Identical texts get
 # identical vectors, so copying one score to every duplicate keeps exact ties
 # exact, and the repeated products are skipped (RSICD repeats many captions).
-# Group aggregation gathers the scores of each group's members into a padded
-# array and reduces over the padding axis, in a fixed order.
+# The mean gathers the scores of each group's members into a padded array and
+# sums over the padding axis, in a fixed order. The max, which is exact in any
+# order, takes slices instead where it can: text to image orders the product's
+# columns by a _MaxLayout, and image to text takes one padding row at a time.
+# After the product, each block is post-processed in row chunks that fit the
+# CPU cache.
 #
 # NOTE: blocked and unblocked ranks are equal whenever every dot product is
 # exact. With general floats a BLAS may round a row differently depending on
@@ -350,31 +494,42 @@ def rank_text_to_image(query_vectors: np.ndarray, query_image: np.ndarray, galle
         return result
 
     unique_gallery, gallery_id = _unique_rows(gallery)
-    gallery_matrix, zero_id = _with_zero_row(unique_gallery, aggregation)
-    padded, counts = _padded_groups(gallery_id, g_image, n_images, zero_id)
+    if aggregation == "max":
+        layout = _max_layout(gallery_id, g_image, n_images, len(unique_gallery))
+        gallery_matrix = unique_gallery[layout.vector_order]
+        floats_per_query = len(gallery_matrix) + 2 * layout.shared_columns.size + 4 * n_images
+    else:
+        # NOTE: the mean still gathers every image's padded columns, which is slower than the max layout.
+        gallery_matrix, zero_id = _with_zero_row(unique_gallery, aggregation)
+        padded, counts = _padded_groups(gallery_id, g_image, n_images, zero_id)
+        floats_per_query = len(gallery_matrix) + 2 * padded.size + 3 * n_images
     unique_queries, query_id = _unique_rows(queries)
     query_order = np.argsort(query_id, kind="stable")
     sorted_query_id = query_id[query_order]
 
-    floats_per_query = len(gallery_matrix) + 2 * padded.size + 2 * n_images
     rows = _rows_per_block(block_size, floats_per_query)
     gallery_t = gallery_matrix.T
     for first, end in _block_bounds(len(unique_queries), rows):
         text_scores = unique_queries[first:end] @ gallery_t
-        gathered = np.take(text_scores, padded.ravel(), axis=1).reshape(end - first, *padded.shape)
-        image_scores = _aggregate(gathered, counts, aggregation, axis=1)
-        del text_scores, gathered
-        block_top, block_top_scores = _top_k(image_scores, k)
+        for lo, hi in _chunk_bounds(first, end):
+            chunk_scores = text_scores[lo - first:hi - first]
+            if aggregation == "max":
+                image_scores = _max_over_layout(chunk_scores, layout)
+            else:
+                gathered = np.take(chunk_scores, padded.ravel(), axis=1).reshape(hi - lo, *padded.shape)
+                image_scores = _aggregate(gathered, counts, aggregation, axis=1)
+                del gathered
+            chunk_top, chunk_top_scores = _top_k(image_scores, k)
 
-        positions = query_order[np.searchsorted(sorted_query_id, first):np.searchsorted(sorted_query_id, end)]
-        local = query_id[positions] - first
-        scores = image_scores[local]
-        own = scores[np.arange(len(positions)), q_image[positions]][:, None]
-        # The own image is one of the items >= own, so the count is already 1 + others.
-        result.ranks[positions] = (scores >= own).sum(axis=1)
-        result.tied[positions] = (scores == own).sum(axis=1) > 1
-        result.top_k[positions] = block_top[local]
-        result.top_k_scores[positions] = block_top_scores[local]
+            positions = query_order[np.searchsorted(sorted_query_id, lo):np.searchsorted(sorted_query_id, hi)]
+            local = query_id[positions] - lo
+            # The own image is one of the items >= own, so the count is already 1 + others.
+            at_least, equal = _count_at_least_own(image_scores, local, q_image[positions])
+            result.ranks[positions] = at_least
+            result.tied[positions] = equal > 1
+            result.top_k[positions] = chunk_top[local]
+            result.top_k_scores[positions] = chunk_top_scores[local]
+        del text_scores
     return result
 
 
@@ -440,25 +595,34 @@ def rank_image_to_text(query_vectors: np.ndarray, query_image: np.ndarray, galle
             # Keep two rows in the product: a one-row product rounds differently (see _block_bounds).
             needed = np.unique(np.append(needed, (needed[0] + 1) % len(query_matrix)))
         text_scores = query_matrix[needed] @ unique_gallery.T
-        local = np.searchsorted(needed, block_padded)
-        gathered = np.take(text_scores, local.ravel(), axis=0).reshape(*local.shape, len(unique_gallery))
-        scores = _aggregate(gathered, q_counts[first:end], aggregation, axis=0)
-        del text_scores, gathered
-        if expand:
-            scores = np.take(scores, gallery_id, axis=1)
-        block_images = images[first:end]
+        block_local = np.searchsorted(needed, block_padded)
+        for lo, hi in _chunk_bounds(first, end):
+            local = block_local[:, lo - first:hi - first]
+            if aggregation == "max":
+                # One padding row at a time: a max is exact in any order, and no (width, rows, texts) array.
+                scores = text_scores[local[0]]
+                for slot_rows in local[1:]:
+                    np.maximum(scores, text_scores[slot_rows], out=scores)
+            else:
+                gathered = np.take(text_scores, local.ravel(), axis=0).reshape(*local.shape, len(unique_gallery))
+                scores = _aggregate(gathered, q_counts[lo:hi], aggregation, axis=0)
+                del gathered
+            if expand:
+                scores = np.take(scores, gallery_id, axis=1)
+            block_images = images[lo:hi]
 
-        # Own gallery columns of each image in the block, flattened with a row index.
-        lengths = g_counts[block_images]
-        own_row = np.repeat(np.arange(len(block_images)), lengths)
-        offsets = np.arange(lengths.sum()) - np.repeat(_segment_starts(lengths), lengths)
-        own_column = gallery_order[np.repeat(g_starts[block_images], lengths) + offsets]
-        own = np.maximum.reduceat(scores[own_row, own_column], _segment_starts(lengths))[:, None]
+            # Own gallery columns of each image in the chunk, flattened with a row index.
+            lengths = g_counts[block_images]
+            own_row = np.repeat(np.arange(len(block_images)), lengths)
+            offsets = np.arange(lengths.sum()) - np.repeat(_segment_starts(lengths), lengths)
+            own_column = gallery_order[np.repeat(g_starts[block_images], lengths) + offsets]
+            own = np.maximum.reduceat(scores[own_row, own_column], _segment_starts(lengths))[:, None]
 
-        result.top_k[first:end], result.top_k_scores[first:end] = _top_k(scores, k)
-        scores[own_row, own_column] = -np.inf
-        result.ranks[first:end] = 1 + (scores >= own).sum(axis=1)
-        result.tied[first:end] = (scores == own).any(axis=1)
+            result.top_k[lo:hi], result.top_k_scores[lo:hi] = _top_k(scores, k)
+            scores[own_row, own_column] = -np.inf
+            result.ranks[lo:hi] = 1 + (scores >= own).sum(axis=1)
+            result.tied[lo:hi] = (scores == own).any(axis=1)
+        del text_scores
     return result
 
 
