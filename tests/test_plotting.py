@@ -156,6 +156,20 @@ def test_heatmap_cells_and_labels():
     assert fig.axes[1].get_ylabel() == "mR (%)"
 
 
+def test_heatmap_abbreviates_field_sets():
+    import pandas as pd
+
+    rows = [{"run_name": f"r{i}", "dataset": "demo", "oracle": False, "embedding_model": "m",
+             "db_fields": fields, "mR": 50.0 + i}
+            for i, fields in enumerate(["caption", "one_sentence+feature", "feature", "one_sentence",
+                                        "feature+caption"])]
+    fig = plotting.plot_mr_heatmap(pd.DataFrame(rows), "embedding_model", "db_fields")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["C", "F", "F+C", "S", "S+F"]
+    assert "S = one_sentence" in ax.get_xlabel()
+    assert fig.get_figwidth() == plotting.TWO_COLUMN_WIDTH_IN
+
+
 def test_heatmap_rejects_shared_cell():
     table = runs_table()
     table.loc[len(table)] = {**table.iloc[0].to_dict(), "run_name": "copy", "db_fields": "feature"}

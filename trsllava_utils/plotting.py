@@ -350,8 +350,23 @@ def _method_runs(df: pd.DataFrame, include_oracle: bool) -> pd.DataFrame:
     return df[~df["oracle"].astype(bool)]
 
 
+FIELD_ABBREVIATIONS: dict[str, str] = {"one_sentence": "S", "feature": "F", "caption": "C"}
+"""Short names of the RSRT fields, so that field combinations fit on a heatmap axis."""
+
+
+def _abbreviate_fields(value: Any) -> str:
+    return "+".join(FIELD_ABBREVIATIONS.get(name, name) for name in str(value).split("+"))
+
+
+def _heatmap_axis_title(axis: str) -> str:
+    if axis != "db_fields":
+        return _axis_title(axis)
+    key = ", ".join(f"{short} = {name}" for name, short in FIELD_ABBREVIATIONS.items())
+    return f"{_axis_title(axis)} ({key})"
+
+
 def plot_mr_heatmap(df: pd.DataFrame, row_axis: str, col_axis: str, *, value: str = "mR",
-                    include_oracle: bool = False, width: float = ONE_COLUMN_WIDTH_IN,
+                    include_oracle: bool = False, width: float | None = None,
                     height: float | None = None, cmap: str = "cividis") -> Figure:
     """Plot a heatmap of mR (or another metric) over two ablation axes, with the value in each cell.
 
@@ -362,7 +377,8 @@ def plot_mr_heatmap(df: pd.DataFrame, row_axis: str, col_axis: str, *, value: st
         value: Metric column to show, in percent.
         include_oracle: Keep oracle runs; off by default, because the oracle is
             an upper bound, not a setting of the method.
-        width: Figure width in inches.
+        width: Figure width in inches; by default one column, or two columns
+            for more than four columns of cells.
         height: Figure height in inches; by default it grows with the rows.
         cmap: A colour map whose lightness rises monotonically (``cividis``
             by default), so the cells read in greyscale. It spans the values
@@ -390,13 +406,20 @@ def plot_mr_heatmap(df: pd.DataFrame, row_axis: str, col_axis: str, *, value: st
         raise ValueError(f"several runs share a cell: {cells}; another axis varies too, so filter the table "
                          "to one value of it first")
     grid = runs.pivot(index=row_axis, columns=col_axis, values=value)
+    # RSRT field combinations such as "one_sentence+feature+caption" get short names.
+    if row_axis == "db_fields":
+        grid.index = [_abbreviate_fields(v) for v in grid.index]
+    if col_axis == "db_fields":
+        grid.columns = [_abbreviate_fields(v) for v in grid.columns]
+    if width is None:
+        width = ONE_COLUMN_WIDTH_IN if grid.shape[1] <= 4 else TWO_COLUMN_WIDTH_IN
     with paper_style():
         fig, ax = plt.subplots(figsize=(width, height or 0.9 + 0.3 * len(grid)))
         sns.heatmap(grid, ax=ax, annot=True, fmt=".1f", cmap=cmap, linewidths=0.5,
                     linecolor="white", annot_kws={"fontsize": 7},
                     cbar_kws={"label": f"{metric_header(value)} (%)", "shrink": 0.9})
-        ax.set_xlabel(_axis_title(col_axis))
-        ax.set_ylabel(_axis_title(row_axis))
+        ax.set_xlabel(_heatmap_axis_title(col_axis))
+        ax.set_ylabel(_heatmap_axis_title(row_axis))
         ax.tick_params(axis="y", rotation=0)
         ax.tick_params(axis="x", rotation=0)
     return fig
