@@ -373,14 +373,8 @@ def read_karpathy(path: Path, split: str) -> ParseResult:
             image = f"{record['filepath']}/{image}"
         label = label_from_value(record.get("label_name")) or _text_label(record.get("label"))
         grouper.add_complete(image, captions, label, where)
-    if split not in splits:
-        present = ", ".join(f"{name!r} ({count})" for name, count in sorted(splits.items()))
-        raise DatasetError(f"{path}: no images of split {split!r}; the file has {present}. Set split to one "
-                           "of these")
-    other = sum(count for name, count in splits.items() if name != split)
-    if other:
-        # Images of other splits are left out on purpose; count them so the report adds up.
-        problems.skipped[f"images of other splits than {split!r}"] = other
+    _count_other_splits(splits, split, problems, f"{path}: no images of split {split!r}; the file has",
+                        "images")
     return grouper.result("karpathy", len(data["images"]))
 
 
@@ -436,14 +430,24 @@ def read_csv(path: Path, split: str) -> ParseResult:
         else:
             grouper.add_complete(image, captions, label, f"line {number}")
     if split_col is not None:
-        if split not in splits:
-            present = ", ".join(f"{name!r} ({count})" for name, count in sorted(splits.items()))
-            raise DatasetError(f"{path}: no rows of split {split!r}; the split column has {present}. "
-                               "Set split to one of these")
-        other = sum(count for name, count in splits.items() if name != split)
-        if other:
-            problems.skipped[f"rows of other splits than {split!r}"] = other
+        _count_other_splits(splits, split, problems,
+                            f"{path}: no rows of split {split!r}; the split column has", "rows")
     return grouper.result("csv", rows)
+
+
+def _count_other_splits(splits: Counter[str], split: str, problems: Problems, missing_message: str,
+                        unit: str) -> None:
+    """Raise when ``split`` is absent, else count the entries of other splits as skipped.
+
+    Entries of other splits are left out on purpose; counting them keeps the
+    load report adding up.
+    """
+    if split not in splits:
+        present = ", ".join(f"{name!r} ({count})" for name, count in sorted(splits.items()))
+        raise DatasetError(f"{missing_message} {present}. Set split to one of these")
+    other = sum(count for name, count in splits.items() if name != split)
+    if other:
+        problems.skipped[f"{unit} of other splits than {split!r}"] = other
 
 
 def _list_cell(cell: str) -> list[Any] | None:
