@@ -1,6 +1,6 @@
 """Query and gallery texts of a run, grouped into retrieval episodes.
 
-An episode holds the four text sets that one evaluation needs:
+An episode contains the four text sets that one evaluation needs:
 
 - text to image: the human captions are the queries; the database texts of
   every image (RSRT variants, or held-out human captions) form the gallery,
@@ -61,7 +61,7 @@ class Episode:
     i2t_gallery: TextSet
 
     def all_texts(self) -> list[str]:
-        """Every text of the episode, without repeats, in first-seen order."""
+        """Return every text of the episode once, in first-seen order."""
         seen: dict[str, None] = {}
         for text_set in (self.t2i_queries, self.t2i_gallery, self.i2t_queries, self.i2t_gallery):
             seen.update(dict.fromkeys(text_set.texts))
@@ -69,7 +69,7 @@ class Episode:
 
 
 def human_caption_set(dataset: Dataset) -> TextSet:
-    """Every human caption of the dataset, ids ``<image_id>#<position>``."""
+    """Return every human caption of the dataset, with ids ``<image_id>#<position>``."""
     texts, owners, positions = dataset.captions_flat()
     ids = [f"{dataset.items[o].image_id}#{p}" for o, p in zip(owners, positions)]
     return TextSet(texts, owners, ids)
@@ -108,7 +108,7 @@ def method_episode(dataset: Dataset, database: TextSet, image_queries: TextSet) 
 
 
 def holdout_episodes(dataset: Dataset) -> list[Episode]:
-    """The five folds of the human-holdout oracle (an upper bound, not the method).
+    """Build the five folds of the human-holdout oracle (an upper bound, not the method).
 
     Fold f takes caption f of every image as its query and the image's other
     captions as its database texts. Images with fewer than f captions have no
@@ -136,7 +136,10 @@ def holdout_episodes(dataset: Dataset) -> list[Episode]:
 
 
 def image_query_set(dataset: Dataset, queries: dict[str, list[str]]) -> TextSet:
-    """Image-to-text query texts from ``{image_id: [texts]}``; images without queries raise ``ValueError``."""
+    """Build the image-to-text query texts from ``{image_id: [texts]}``.
+
+    Raises ``ValueError`` naming the images that have no query text.
+    """
     missing = [item.image_id for item in dataset.items if not queries.get(item.image_id)]
     if missing:
         raise ValueError(f"{len(missing)} of {dataset.n_images} images have no image-query text, "
