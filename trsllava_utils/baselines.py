@@ -17,9 +17,9 @@ RSICD 1093 images, five captions each); runs on other splits are not
 comparable with them.
 
 NOTE: only the sources of the CLIP ViT-B/32 rows (RS5M Table II, and the
-abstract of Beyond Pixels) and of the RSITMD text-to-text row were given with
-a location. The other rows name the paper that introduced the method; check
-the table before citing a value from them.
+abstract of Beyond Pixels) and of the RSITMD text-to-text row name a table or
+page. The ``source`` of the other rows names only the paper that introduced
+the method, so check the table in that paper before citing a value from them.
 """
 
 from __future__ import annotations

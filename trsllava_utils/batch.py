@@ -67,7 +67,7 @@ def expand_grid(values: dict[str, Any], source: str = "grid") -> list[RunParams]
     """Expand a mapping whose values may be lists into validated runs.
 
     Runs are named from ``run_name`` with ``{key}`` placeholders filled in,
-    for example ``"{dataset}_{embedding_model}"``; a name without
+    for example ``"{dataset}_{embedding_model}"``. A name without
     placeholders gets the swept values appended. Two runs with one name raise
     :class:`ParamsError`.
     """
@@ -78,7 +78,7 @@ def expand_grid(values: dict[str, Any], source: str = "grid") -> list[RunParams]
         return [validate_params(values, source)]
     for key, swept in axes.items():
         if not swept:
-            raise ParamsError(f"{source}: grid axis '{key}' has no values")
+            raise ParamsError(f"{source}: grid axis '{key}' has no values; list at least one value or remove the key")
     template = str(values.get("run_name", "run"))
     runs: list[RunParams] = []
     for combination in itertools.product(*axes.values()):
@@ -115,7 +115,7 @@ def collect_params(paths: Sequence[str | Path]) -> list[RunParams]:
     names = [run.run_name for run in runs]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise ParamsError(f"several parameters files define the run(s) {repeated}")
+        raise ParamsError(f"several parameters files define the run(s) {repeated}; give each run its own run_name")
     return runs
 
 
@@ -166,7 +166,7 @@ def _static_widgets():
 
 def execute_run(params: RunParams, notebooks: Sequence[str] = NOTEBOOKS, kernel_name: str = "python3",
                 progress: bool = True, notebook_dir: Path = NOTEBOOK_DIR) -> RunOutcome:
-    """Execute the notebooks of one run in order; stop at the first failing notebook."""
+    """Execute the notebooks of one run in order, stopping at the first failing notebook."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -236,7 +236,7 @@ def write_batch_summary(runs: Sequence[RunParams]) -> tuple[dict[str, Path], str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit code."""
+    """Run the batch command line and return its exit code."""
     parser = argparse.ArgumentParser(prog="python -m trsllava_utils.batch", description=__doc__.split("\n\n")[0])
     parser.add_argument("params", nargs="+", help="YAML parameters files, grid files or folders of them")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and whether each would be skipped")

@@ -56,7 +56,7 @@ class ImageItem:
 
 @dataclass
 class LoadReport:
-    """What a loader read, found and skipped; nothing is dropped without a count here.
+    """Report of one load: what was read, found and skipped. Nothing is dropped without a count here.
 
     ``skipped`` maps a kind of problem (``"empty caption"``, ``"duplicate
     record"``, ...) to the number of captions, records or images it removed.
@@ -262,7 +262,7 @@ def load_dataset(name: str, split: str = "test", data_root: str | os.PathLike | 
         name: A key of :data:`REGISTRY`, or ``"custom"`` with ``captions_file``.
         split: The split to load; it also selects the split of Karpathy files,
             of CSV files with a ``split`` column, and of precomp folders.
-        data_root: Folder holding the datasets (see :func:`~trsllava_utils.paths.resolve_data_root`).
+        data_root: Folder that contains the datasets (see :func:`~trsllava_utils.paths.resolve_data_root`).
         captions_file: Caption file (or precomp folder) to read; for a
             registered dataset it replaces the registered file. Relative
             paths are looked up under the data root, the project, then the
@@ -519,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     download = commands.add_parser("download", help="fetch the pinned public caption files of a dataset")
     data_download.add_arguments(download)
     listing = commands.add_parser("list", help="load every registered split and print its counts")
-    listing.add_argument("--data-root", default=None, help="folder holding the datasets (default: resolved)")
+    listing.add_argument("--data-root", default=None,
+                         help="folder that contains the datasets (default: as resolve_data_root finds it)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "list":

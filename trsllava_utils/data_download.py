@@ -37,7 +37,7 @@ GALR = "xiaoyuan1996/GaLR/60d65760297fd3ea7d857bb0a8b69a887cd8ec0d"
 
 
 class DownloadError(RuntimeError):
-    """A download that failed or whose checksum differs from the pin; nothing was written."""
+    """A download that failed or whose checksum differs from the pin. Nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,8 @@ PINS: dict[str, list[PinnedFile]] = {
         PinnedFile(f"{GALR}/data/rsitmd_precomp/test_filename.txt", "rsitmd/precomp/test_filename.txt",
                    "183cbcd9d9a49fb92cd7aca3fe6bd411705ea3f590ac1dd572ace29c52b045bd"),
     ],
-    # NOTE: GaLR's data/rsicd_precomp/ files are left out: no verified copy was
-    # at hand to take their SHA-256 from, and an unchecked pin would protect nothing.
+    # NOTE: GaLR's data/rsicd_precomp/ files are not pinned, because no SHA-256 of
+    # a verified copy is known, and an unchecked pin would protect nothing.
     "rsicd": [
         PinnedFile(f"{HARMA}/data/finetune/rsicd_test.json", "rsicd/test.json",
                    "10cc90900aff6f7ae2153bd7e8d752c3d09df54c7bf18b48a69abb8410a5d8e8"),

@@ -4,7 +4,7 @@ Four formats are read, and :func:`detect_format` recognises each from the
 file's name and first characters:
 
 - ``json``: a JSON list of ``{"image": ..., "caption": [...]}`` records, one
-  per image. A record whose ``caption`` is a single string holds one caption,
+  per image. A record whose ``caption`` is a single string contains one caption,
   and records of the same image are then grouped (the layout of the
   ALBEF-style train files);
 - ``precomp``: ``<split>_caps.txt`` and ``<split>_filename.txt``. Line *i* of
@@ -15,7 +15,7 @@ file's name and first characters:
   the format of the original RSICD, UCM-captions and Sydney-captions releases;
   one split is selected;
 - ``csv``: a CSV (or tab-separated) file with an image column and a caption
-  column, one caption per row, or a cell holding a list of captions.
+  column, one caption per row, or a cell that contains a list of captions.
 
 Every reader returns a :class:`ParseResult`: one :class:`ParsedImage` per
 image in order of first appearance, captions in file order, and a count of
@@ -198,7 +198,7 @@ def precomp_pair(path: Path, split: str) -> tuple[Path, Path]:
     if "_filename" in name:
         return path.with_name(_replace_last(name, "_filename", "_caps")), path
     raise DatasetError(f"{path}: a precomp caption file is named <split>_caps.txt (with <split>_filename.txt "
-                       "beside it); rename the files or pass the folder that holds them")
+                       "beside it); rename the files or pass the folder that contains them")
 
 
 def _replace_last(text: str, old: str, new: str) -> str:
@@ -381,7 +381,7 @@ def read_karpathy(path: Path, split: str) -> ParseResult:
 def read_csv(path: Path, split: str) -> ParseResult:
     """Read a CSV or tab-separated file with an image column and a caption column.
 
-    A caption cell holding a list literal (``['a', 'b']``) gives several
+    A caption cell that contains a list literal (``['a', 'b']``) gives several
     captions. When the file has a ``split`` column, only rows of ``split`` are read.
     """
     text = _read_text(path)
@@ -472,7 +472,7 @@ def read_captions(path: Path, split: str, caption_format: str = "auto") -> Parse
         raise DatasetError(f"unknown caption_format {caption_format!r}; allowed: 'auto', "
                            f"{', '.join(repr(f) for f in FORMATS)}")
     if not path.exists():
-        raise DatasetError(f"captions file not found: {path}")
+        raise DatasetError(f"captions file not found: {path}; check the path")
     chosen = detect_format(path) if caption_format == "auto" else caption_format
     if chosen == "json":
         return read_json_list(path)

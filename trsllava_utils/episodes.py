@@ -2,10 +2,10 @@
 
 An episode contains the four text sets that one evaluation needs:
 
-- text to image: the human captions are the queries; the database texts of
+- text to image: the human captions are the queries. The database texts of
   every image (RSRT variants, or held-out human captions) form the gallery,
-  and an image's score aggregates the scores of its texts;
-- image to text: each image's query texts are the queries; the gallery is
+  and an image's score aggregates the scores of its texts.
+- image to text: each image's query texts are the queries. The gallery is
   the set of texts the image must find among all others.
 
 A method run is one episode. The human-holdout oracle is five, one per fold:
@@ -77,11 +77,11 @@ def human_caption_set(dataset: Dataset) -> TextSet:
 
 def rsrt_text_set(dataset: Dataset, records: Sequence[RSRTRecord], fields: Sequence[str],
                   mode: str = "joined", n_variants: int | None = None) -> TextSet:
-    """Database texts of the RSRT records, matched to dataset images by file name.
+    """Build the database texts of the RSRT records, matched to dataset images by file name.
 
-    Raises ``ValueError`` naming the images that have no record, and the
-    records whose image is not in the dataset, so that no image silently
-    drops out of the gallery.
+    Raises ``ValueError`` naming the images that have no record, so that no
+    image silently drops out of the gallery. Records of images outside the
+    dataset are ignored.
     """
     by_key = {image_key(record.image): record for record in records}
     missing = [item.image_id for item in dataset.items if item.image_id not in by_key]

@@ -2,7 +2,7 @@
 
 A run is one flat YAML mapping, the papermill convention: each key is a
 variable of the tagged ``parameters`` cell of every notebook. ``RunParams``
-validates it; :func:`load_params` turns any problem into a
+validates it, and :func:`load_params` turns any problem into a
 :class:`ParamsError` that names the file, the key and the allowed values.
 """
 
@@ -181,7 +181,7 @@ def read_params_file(path: str | os.PathLike) -> Any:
     """Read a YAML parameters file without validating it; an empty file gives ``{}``."""
     path = Path(path)
     if not path.is_file():
-        raise ParamsError(f"parameters file not found: {path}")
+        raise ParamsError(f"parameters file not found: {path}; check the path (run files are in params/)")
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:

@@ -6,13 +6,13 @@ import os
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-"""Root of the workbook checkout (the folder holding ``notebooks/``)."""
+"""Root of the workbook checkout (the folder that contains ``notebooks/``)."""
 
 DATA_ENV_VAR = "TRSLLAVA_DATA"
 
 
 def resolve_data_root(explicit: str | os.PathLike | None = None) -> Path:
-    """Return the folder that holds the datasets.
+    """Return the folder that contains the datasets.
 
     The order is: ``explicit``, else the ``TRSLLAVA_DATA`` environment
     variable, else ``../shared/data`` beside the project when it exists, else

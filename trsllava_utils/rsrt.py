@@ -4,8 +4,8 @@ One JSON object per line: ``{"image": <id>, "variants": [{"one_sentence",
 "feature", "caption"} x N], "model": <name>, ...}``. A record is checked when
 it is written and when it is read: N variants, no empty field, no duplicate
 variants after normalising case and white space. Files are appended one
-record at a time and flushed, so an interrupted run resumes where it stopped;
-a torn last line is dropped with a warning.
+record at a time and flushed, so an interrupted run resumes where it stopped.
+A torn last line is dropped with a warning.
 """
 
 from __future__ import annotations
@@ -66,9 +66,10 @@ class RSRTRecord:
 def validate_record(record: RSRTRecord, n_variants: int | None = None) -> None:
     """Raise :class:`RecordError` unless the record is well formed.
 
-    Checks: ``variants`` is a list of objects with the three text fields, each
-    non-empty; no two variants are equal after :func:`normalise_text`; and,
-    when ``n_variants`` is given, at least that many variants.
+    Checks: ``variants`` is a non-empty list of objects whose three text fields
+    are non-empty strings. No two variants are equal after
+    :func:`normalise_text`. When ``n_variants`` is given, the record has at
+    least that many variants.
     """
     where = f"image {record.image!r}"
     if not isinstance(record.variants, list) or not record.variants:
