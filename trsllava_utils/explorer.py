@@ -86,7 +86,7 @@ class ExplorerRun:
 
     @property
     def label(self) -> str:
-        """The run name with what it is: the method, or the oracle as an upper bound."""
+        """Run name and kind: the method, or the oracle as an upper bound."""
         if self.params.is_oracle:
             return f"{self.name}: human-holdout oracle, upper bound ({self.episode.name})"
         return f"{self.name}: method (training-free)"
@@ -194,7 +194,7 @@ class RetrievalExplorer:
             raise ExplorerError("the explorer needs at least one run")
         names = [run.name for run in runs]
         if len(set(names)) != len(names):
-            raise ExplorerError(f"run names repeat: {names}")
+            raise ExplorerError(f"run names repeat: {names}; pass each run once")
         self.runs: dict[str, ExplorerRun] = {run.name: run for run in runs}
         self.dataset = dataset
         self.k = k
@@ -504,7 +504,7 @@ class RetrievalExplorer:
             self.details.value = self.image_html(self.image_details(change["new"], self.current_run))
 
     def show(self, static: bool | None = None) -> None:
-        """Display the widgets, or the static snapshot; see the module docstring for how None decides."""
+        """Display the widgets or the static snapshot. With ``static=None``, :func:`static_by_default` decides."""
         from IPython.display import HTML, display
 
         if static is None:

@@ -28,7 +28,7 @@ RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 
 class OpenAIEmbedder(Embedder):
-    """Texts embedded by an OpenAI-compatible endpoint, in batches, with retries.
+    """An embedder that calls an OpenAI-compatible endpoint, in batches, with retries.
 
     The identity is ``openai:<model>@<hash of base URL, model and dimensions>``.
     NOTE: a hosted model can change behind the same name, and the identity
@@ -38,7 +38,7 @@ class OpenAIEmbedder(Embedder):
     Args:
         model: the endpoint's model name, e.g. ``"text-embedding-3-small"``.
         base_url: the API root, e.g. ``"https://api.openai.com/v1"`` or ``"http://127.0.0.1:8000/v1"``.
-        api_key_env: the environment variable holding the key; local servers may need none.
+        api_key_env: the environment variable that contains the key; local servers may need none.
         dimensions: ask the endpoint for shorter vectors (``text-embedding-3-*`` models), or ``None``.
         timeout_s: seconds to wait for each request.
         max_retries: retries after a connection error, a timeout or a status in :data:`RETRY_STATUS`.
@@ -85,7 +85,8 @@ class OpenAIEmbedder(Embedder):
                     try:
                         return response.json()
                     except ValueError as exc:
-                        raise EmbedderError(f"{self.url}: reply is not JSON ({exc}): {response.text[:200]!r}") from None
+                        raise EmbedderError(f"{self.url}: response is not JSON ({exc}): {response.text[:200]!r}; "
+                                            "check that base_url is an OpenAI-compatible API root") from None
                 body = response.text[:300]
                 if response.status_code not in RETRY_STATUS:
                     hint = f"; check {self.api_key_env}" if response.status_code in (401, 403) else ""
@@ -110,9 +111,11 @@ class OpenAIEmbedder(Embedder):
             ordered = sorted(data, key=lambda item: item["index"])
             vectors = np.array([item["embedding"] for item in ordered], dtype=np.float32)
         except (KeyError, TypeError, ValueError) as exc:
-            raise EmbedderError(f"{self.url}: malformed embeddings in the reply ({exc})") from None
+            raise EmbedderError(f"{self.url}: malformed embeddings in the response ({exc}); check that the "
+                                "server implements the OpenAI embeddings API") from None
         if [item["index"] for item in ordered] != list(range(n_texts)) or vectors.ndim != 2:
-            raise EmbedderError(f"{self.url}: reply indices or vector lengths do not match the {n_texts} inputs")
+            raise EmbedderError(f"{self.url}: response indices or vector lengths do not match the {n_texts} "
+                                "inputs; check that the server implements the OpenAI embeddings API")
         return vectors
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, show_progress: bool = False) -> np.ndarray:

@@ -106,7 +106,7 @@ def _as_image_index(image_index: np.ndarray, n_rows: int, n_images: int, name: s
     if array.ndim != 1 or len(array) != n_rows:
         raise ValueError(f"{name} must have one image index per vector ({n_rows}), got shape {array.shape}")
     if len(array) and not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{name} must hold integer image indices, got dtype {array.dtype}")
+        raise ValueError(f"{name} must contain integer image indices, got dtype {array.dtype}")
     array = array.astype(np.int64, copy=False)
     if len(array) and (array.min() < 0 or array.max() >= n_images):
         bad = array[(array < 0) | (array >= n_images)]
@@ -143,7 +143,7 @@ def _segment_starts(counts: np.ndarray) -> np.ndarray:
 def _block_bounds(n_rows: int, max_rows: int) -> list[tuple[int, int]]:
     """Split ``n_rows`` rows into consecutive ``(start, stop)`` blocks of at most ``max_rows`` (>= 2) rows.
 
-    A block holds a single row only when the input is one row, because numpy
+    A block contains a single row only when the input is one row, because numpy
     computes a one-row product with a matrix-vector routine that rounds
     differently from the matrix-matrix one. A lone last row joins the block
     before it, which then has ``max_rows + 1`` rows.
@@ -286,7 +286,7 @@ class _MaxLayout:
     A distinct vector is *exclusive* when only one image has it, and *shared*
     otherwise. The images are permuted: first those without shared vectors,
     then those with some, each part by descending number of exclusive
-    vectors. Product column block ``j`` holds the ``j``-th exclusive vector of
+    vectors. Product column block ``j`` contains the ``j``-th exclusive vector of
     every image that has more than ``j`` of them. In each part these images
     are a prefix, so the max over exclusive vectors takes contiguous column
     slices only. The shared vectors come last, and the images that have them

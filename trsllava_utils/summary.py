@@ -154,7 +154,7 @@ def _ordered_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def sort_runs(df: pd.DataFrame) -> pd.DataFrame:
-    """Sort runs by the ablation axes, then by run name; a stable sort."""
+    """Sort runs by the ablation axes, then by run name, with a stable sort."""
     if df.empty:
         return df
     order = [axis for axis in AXES if axis in df.columns] + ["run_name"]
@@ -212,7 +212,7 @@ def format_value(value: float, low: float = math.nan, high: float = math.nan, *,
                  latex: bool = False) -> str:
     """Format a percentage with its 95% interval: ``42.62 [40.1, 45.3]``.
 
-    A missing value gives a dash; a missing interval is left out; an
+    A missing value gives a dash, and a missing interval is left out. An
     approximate value gets ``≈`` (``$\\approx$`` in LaTeX).
     """
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -257,7 +257,7 @@ def _common_settings(runs: pd.DataFrame, varying: Sequence[str]) -> str:
 def table_rows(runs: pd.DataFrame, published: pd.DataFrame | None) -> list[tuple[str, dict[str, Any]]]:
     """Build the rows of one dataset's table as ``(group, cells)`` pairs in group order.
 
-    Cells hold raw values: ``name``, each varying axis, each metric as a
+    Cells contain raw values: ``name``, each varying axis, each metric as a
     ``(value, low, high, approximate)`` tuple, and ``source``.
     """
     keys = metric_keys(runs.columns) if not runs.empty else ["mR"]

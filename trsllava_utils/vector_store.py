@@ -116,7 +116,8 @@ class VectorStore:
             return self._connect()
         except sqlite3.DatabaseError as exc:
             if not self.path.exists():
-                raise VectorStoreError(f"{self.path}: cannot create the vector store: {exc}") from exc
+                raise VectorStoreError(f"{self.path}: cannot create the vector store: {exc}; check that the folder "
+                                       "is writable") from exc
             aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
             logger.warning("vector store %s is not a readable SQLite database (%s); moved it to %s "
                            "and started an empty store", self.path, exc, aside)
@@ -199,7 +200,8 @@ class VectorStore:
         if vectors.ndim != 2 or vectors.shape[0] != len(texts):
             raise ValueError(f"expected a ({len(texts)}, d) array of vectors, got shape {vectors.shape}")
         if not np.all(np.isfinite(vectors)):
-            raise ValueError(f"refusing to store non-finite vectors for model {model_identity}")
+            raise ValueError(f"rejected non-finite vectors for model {model_identity}; no row was written. "
+                             "Check the model output for NaN or infinite values")
         dim = int(vectors.shape[1])
         now = time.time()
         rows = []
