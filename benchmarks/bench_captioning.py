@@ -5,14 +5,15 @@ same images through :class:`TransformersCaptioner`, with its chat template,
 left padding and new-token decoding. It reports images per second, generated
 tokens per second, and the speed-up over batch size 1. Every reply is forced
 to the same length (``min_new_tokens = max_new_tokens``, greedy decoding),
-because a random model would otherwise stop at a random step; timing needs
-no trained weights. Each batch size gets one untimed warm-up batch; then ``--repeats`` rounds
-each time one pass over all images per batch size, and the best pass counts.
+because a random model would otherwise stop at a random step. Timing needs
+no trained weights. Each batch size gets one untimed warm-up batch. Then each
+of ``--repeats`` rounds times one pass over all images per batch size, and the
+best pass counts.
 
 Two model sizes, both randomly initialised from a config written in code:
 
-- default: a tiny LLaVA (2-layer CLIP and Llama, width 32) on the CPU; it
-  measures the backend's own overhead, not a real model's speed;
+- default: a tiny LLaVA (2-layer CLIP and Llama, width 32) on the CPU. It
+  measures the backend's own overhead, not a real model's speed.
 - ``--llava-7b-dims``: the dimensions of LLaVA-1.5-7B (CLIP ViT-L/14 at
   336 px, 576 image tokens, 32-layer Llama of width 4096), bfloat16, on CUDA.
 
@@ -76,10 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.llava_7b_dims:
-        # NOTE: this branch has not been run, because no GPU was available when it was written. By estimate
-        # it needs about 15 GB of GPU memory for the bfloat16 weights, plus the KV cache of the largest batch.
+        # NOTE: this branch has never been run on a GPU. Its memory need is an estimate: about 15 GB of GPU
+        # memory for the bfloat16 weights, plus the KV cache of the largest batch.
         if not torch.cuda.is_available():
-            print("error: --llava-7b-dims needs a CUDA GPU", file=sys.stderr)
+            print("error: --llava-7b-dims needs a CUDA GPU; run without it for the tiny CPU model", file=sys.stderr)
             return 2
         dims, device, dtype = "llava-1.5-7b", torch.device("cuda"), torch.bfloat16
     else:

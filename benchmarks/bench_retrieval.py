@@ -5,7 +5,7 @@ Workload (RSICD test split, all-MiniLM-L6-v2, 384-dimensional vectors):
 - text to image: 5465 caption queries against 1093 images x 5 database texts;
 - image to text: 1093 images, each with 5 query texts, against 5465 gallery texts.
 
-No VLM descriptions of the RSICD test images exist here, so each image's five
+The project has no VLM descriptions of the RSICD test images, so each image's five
 human captions stand in for its five database texts and its five query
 texts. That makes text-to-image ranks almost all 1 (a caption finds itself),
 so the identical-rank check also runs on the five human-holdout oracle folds,

@@ -30,7 +30,7 @@ RETRY_STATUS = frozenset({408, 409, 425, 429})
 
 
 class RequestFailed(CaptionerError):
-    """A chat request that failed for good; ``retryable`` tells whether retries were tried."""
+    """A chat request that failed for good. ``retryable`` is True when every retry of a retryable error failed."""
 
     def __init__(self, message: str, *, status: int | None = None, retryable: bool = False) -> None:
         super().__init__(message)
@@ -70,13 +70,13 @@ class OpenAICaptioner(Captioner):
         base_url: The API root, for example ``http://127.0.0.1:8000/v1``; requests
             go to ``<base_url>/chat/completions``.
         model: Model name as the server lists it.
-        api_key_env: Environment variable that holds the key; when it is unset, no
+        api_key_env: Environment variable that contains the key; when it is unset, no
             ``Authorization`` header is sent (local vLLM and Ollama need none).
         max_concurrency: Requests in flight at once; also the run loop's batch size.
         timeout_s: Per-request timeout in seconds (connect and read).
         max_retries: Retries after the first try, on timeouts, 429 and 5xx.
         backoff_s: First wait before a retry; doubled each time, plus up to 10% jitter.
-        max_backoff_s: Longest wait between two tries.
+        max_backoff_s: Maximum wait between two tries, in seconds.
         seed: Sent as ``seed`` (servers that do not know it ignore it), plus the
             request index, so that sampled variants differ.
     """
@@ -167,7 +167,8 @@ class OpenAICaptioner(Captioner):
                     try:
                         body = response.json()
                     except ValueError as exc:
-                        raise RequestFailed(f"{self.url}: response is not JSON: {response.text[:200]!r}") from exc
+                        raise RequestFailed(f"{self.url}: response is not JSON: {response.text[:200]!r}; check "
+                                            "that openai_base_url is an OpenAI-compatible API root") from exc
                     return _message_text(body)
                 excerpt = response.text[:300].replace("\n", " ")
                 if status < 500 and status not in RETRY_STATUS:

@@ -91,7 +91,7 @@ class TransformersCaptioner(Captioner):
                    seed: int = 0) -> "TransformersCaptioner":
         """Wrap a model and processor already in memory (for example a random model built for a benchmark).
 
-        The model stays on its device and in its dtype; ``name`` is the model identity records carry.
+        The model stays on its device and in its dtype. ``name`` is the model identity that records carry.
         """
         captioner = cls.__new__(cls)
         captioner._setup(net, processor, name=name, n_variants=n_variants, generation_mode=generation_mode,
@@ -146,13 +146,13 @@ class TransformersCaptioner(Captioner):
         if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         output = self.net.generate(**inputs, **self._generation_kwargs())
-        # With left padding every prompt ends at the same column; what follows is new.
+        # With left padding every prompt ends at the same column, so the tokens after it are new.
         new_tokens = output[:, inputs["input_ids"].shape[1]:]
         self.generated_tokens += int((new_tokens != self.tokenizer.pad_token_id).sum())
         return self.processor.batch_decode(new_tokens, skip_special_tokens=True)
 
     def _generate_split(self, images: list[Image.Image], prompt: str) -> list[str | Exception]:
-        """Generate a batch; on running out of memory, retry each half, down to single images."""
+        """Generate a batch, and on an out-of-memory error retry each half, down to single images."""
         try:
             return list(self._generate_batch(images, prompt))
         except (torch.OutOfMemoryError, RuntimeError) as exc:

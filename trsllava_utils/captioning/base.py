@@ -133,7 +133,7 @@ class Captioner:
         return self._raise_first_error(self.generate(images, IMAGE_QUERY_PROMPT))
 
     def close(self) -> None:
-        """Release the model or the connections; the base class holds none."""
+        """Release the model or the connections. The base class has none to release."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r}, mode={self.generation_mode!r}, n={self.n_variants})"
@@ -156,11 +156,11 @@ class PrecomputedCaptioner(Captioner):
 
 
 class HoldoutCaptioner(Captioner):
-    """The human-holdout oracle: held-out human captions are the database texts; no model, no images.
+    """The human-holdout oracle: held-out human captions are the database texts, with no model and no images.
 
     It writes no RSRT records. The retrieval side builds its folds with
-    :func:`trsllava_utils.episodes.holdout_episodes`; :meth:`write_folds`
-    records what those folds are, so the run folder says what was compared.
+    :func:`trsllava_utils.episodes.holdout_episodes`. :meth:`write_folds`
+    writes a summary of those folds, so the run folder records what was compared.
     """
 
     name = "human-holdout"
@@ -191,7 +191,7 @@ def make_captioner(params: "RunParams") -> Captioner:
     """Build the captioner that the run parameters name.
 
     ``transformers`` loads the model folder now, which takes a while for a 7B
-    model; ``openai`` only checks the parameters, and the first request goes
+    model. ``openai`` only checks the parameters, and the first request goes
     out when captioning starts.
     """
     if params.captioner == "precomputed":

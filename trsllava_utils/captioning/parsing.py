@@ -81,7 +81,7 @@ def _balanced_span(text: str, start: int) -> str | None:
 
 
 def _candidates(text: str) -> list[str]:
-    """Spans of ``text`` that may hold the JSON value, in order of their start.
+    """Return the spans of ``text`` that may contain the JSON value, in order of their start.
 
     Every balanced span from each of the first ``_MAX_OPENERS`` brackets comes
     first, then the span from the first opening to the last closing bracket

@@ -1,6 +1,6 @@
 """The two prompts of the method: the structured RSRT prompt and the image-query prompt.
 
-The RSRT prompt asks for N independent descriptions (variants) of one image,
+The RSRT prompt requests N independent descriptions (variants) of one image,
 each with three fields: a one-sentence summary, the visible features with
 compass positions (top of the image = North), and a detailed paragraph.
 Sizes stay qualitative because a VLM's percentages are guesses that put
@@ -8,7 +8,7 @@ numbers into the text which no human caption contains. The reply is JSON so
 that it can be parsed and checked.
 
 The image-query prompt turns an image into one short caption in the style
-of the human captions of remote-sensing datasets; that text is the query of
+of the human captions of remote-sensing datasets. That text is the query of
 image-to-text retrieval, matched against the human captions.
 """
 
@@ -39,7 +39,7 @@ _RULES = (
 
 
 def rsrt_prompt(n_variants: int) -> str:
-    """Build the structured RSRT prompt that asks for ``n_variants`` variants in one JSON object.
+    """Build the structured RSRT prompt that requests ``n_variants`` variants in one JSON object.
 
     Raises:
         ValueError: ``n_variants`` is below 1.
@@ -78,7 +78,7 @@ IMAGE_QUERY_PROMPT = (
 def prompt_identity(prompt: str, mode: str, n: int) -> str:
     """Return a short, stable id of a prompt, its generation mode and its count.
 
-    Records store this id; a resumed run skips only images done under the same id.
+    Records store this id, and a resumed run skips only images done under the same id.
     """
     digest = hashlib.sha256(f"{RSRT_PROMPT_VERSION}\n{mode}\n{n}\n{prompt}".encode("utf-8")).hexdigest()
     return f"{RSRT_PROMPT_VERSION}-{mode}-{n}-{digest[:10]}"

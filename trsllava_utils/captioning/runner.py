@@ -158,7 +158,8 @@ def _ask(captioner: Captioner, job: _Job, images: dict[str, Image.Image], max_at
         replies = captioner.generate([images[image_id] for image_id in request_ids], job.prompt)
         if len(replies) != len(request_ids):
             raise RuntimeError(f"{captioner.name} captioner returned {len(replies)} replies for "
-                               f"{len(request_ids)} requests")
+                               f"{len(request_ids)} requests; its generate() must return one reply or "
+                               "exception per image")
         for image_id, reply in zip(request_ids, replies):
             state = states[image_id]
             if isinstance(reply, Exception):
@@ -266,9 +267,9 @@ def run_captioning(dataset: Dataset, captioner: Captioner, out_path: str | os.Pa
                    max_attempts: int = 3, show_progress: bool = True, limit: int | None = None) -> CaptionReport:
     """Write the RSRT record of every image of ``dataset`` to ``out_path``.
 
-    For a VLM backend (``transformers``, ``openai``) each image is asked for
-    ``n_variants`` variants: in ``single`` mode with one request per attempt
-    that must return them all, in ``per_variant`` mode with one sampled
+    For a VLM backend (``transformers``, ``openai``) the captioner requests
+    ``n_variants`` variants of each image: in ``single`` mode with one request
+    per attempt that must return them all, in ``per_variant`` mode with one sampled
     request per missing variant. The ``precomputed`` backend writes the
     records of its file, a fast copy that is redone in full every time. The
     ``human-holdout`` backend writes no records, only ``holdout_folds.json``
