@@ -57,3 +57,19 @@ def test_method_episode_queries_are_captions():
     assert episode.t2i_queries.texts == ["a0", "a1", "a2", "b0", "b1"]
     assert episode.i2t_gallery.ids == ["a.jpg#0", "a.jpg#1", "a.jpg#2", "b.jpg#0", "b.jpg#1"]
     assert episode.all_texts()[:2] == ["a0", "a1"]
+
+
+def test_image_query_set_ids_and_owners():
+    from trsllava_utils.episodes import image_query_set
+
+    queries = image_query_set(tiny_dataset(), {"b.jpg": ["qb"], "a.jpg": ["qa0", "qa1"]})
+    assert queries.texts == ["qa0", "qa1", "qb"]
+    assert queries.image_index.tolist() == [0, 0, 1]
+    assert queries.ids == ["a.jpg?0", "a.jpg?1", "b.jpg?0"]
+
+
+def test_image_query_set_missing_image_named():
+    from trsllava_utils.episodes import image_query_set
+
+    with pytest.raises(ValueError, match=r"1 of 2 images have no image-query text.*'b.jpg'"):
+        image_query_set(tiny_dataset(), {"a.jpg": ["qa"], "b.jpg": []})

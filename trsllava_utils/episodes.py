@@ -88,20 +88,26 @@ def rsrt_text_set(dataset: Dataset, records: Sequence[RSRTRecord], fields: Seque
     if missing:
         raise ValueError(f"{len(missing)} of {dataset.n_images} images have no RSRT record, "
                          f"for example {missing[:5]}; caption them first")
+    texts_by_image = {item.image_id: record_texts(by_key[item.image_id], fields, mode, n_variants)
+                      for item in dataset.items}
+    return _per_image_text_set(dataset, texts_by_image, "@")
+
+
+def _per_image_text_set(dataset: Dataset, texts_by_image: dict[str, list[str]], separator: str) -> TextSet:
+    """Concatenate each image's texts in dataset order, with ids ``<image_id><separator><number>``."""
     texts: list[str] = []
     owners: list[int] = []
     ids: list[str] = []
     for index, item in enumerate(dataset.items):
-        record = by_key[item.image_id]
-        record_n = record_texts(record, fields, mode, n_variants)
-        texts.extend(record_n)
-        owners.extend([index] * len(record_n))
-        ids.extend(f"{item.image_id}@{k}" for k in range(len(record_n)))
+        for number, text in enumerate(texts_by_image[item.image_id]):
+            texts.append(text)
+            owners.append(index)
+            ids.append(f"{item.image_id}{separator}{number}")
     return TextSet(texts, owners, ids)
 
 
 def method_episode(dataset: Dataset, database: TextSet, image_queries: TextSet) -> Episode:
-    """The episode of the method: captions query the database texts, image queries search the captions."""
+    """Build the method's episode: captions query the database texts, image queries search the captions."""
     captions = human_caption_set(dataset)
     return Episode(name="all", n_images=dataset.n_images, t2i_queries=captions, t2i_gallery=database,
                    i2t_queries=image_queries, i2t_gallery=captions)
@@ -144,15 +150,7 @@ def image_query_set(dataset: Dataset, queries: dict[str, list[str]]) -> TextSet:
     if missing:
         raise ValueError(f"{len(missing)} of {dataset.n_images} images have no image-query text, "
                          f"for example {missing[:5]}; run the image-query step of 01_captioning first")
-    texts: list[str] = []
-    owners: list[int] = []
-    ids: list[str] = []
-    for index, item in enumerate(dataset.items):
-        for number, text in enumerate(queries[item.image_id]):
-            texts.append(text)
-            owners.append(index)
-            ids.append(f"{item.image_id}?{number}")
-    return TextSet(texts, owners, ids)
+    return _per_image_text_set(dataset, queries, "?")
 
 
 def build_run_episodes(params: "RunParams", dataset: Dataset, run_folder: Path) -> list[Episode]:

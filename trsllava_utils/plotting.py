@@ -202,9 +202,9 @@ def plot_recalls(metrics: Mapping[str, Any] | Sequence[Mapping[str, Any]] | pd.D
         title: Optional figure title.
 
     Returns:
-        The figure: ``axes[0]`` contains one bar container per run, with 95%
-        bootstrap intervals as error bars; ``axes[1]``, when baselines are
-        given, one horizontal bar per run and published value.
+        The figure. ``axes[0]`` contains one bar container per run, with 95%
+        bootstrap intervals as error bars. When baselines are given,
+        ``axes[1]`` has one horizontal bar per run and published value.
     """
     runs = as_metrics_list(metrics)
     if not runs:

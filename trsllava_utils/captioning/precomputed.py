@@ -60,8 +60,8 @@ def precomputed_records(dataset: Dataset, rsrt_file: str | os.PathLike | None,
         raise RecordError(f"{path}: {len(missing)} of {dataset.n_images} images of dataset "
                           f"{dataset.name!r} have no record, for example {missing[:5]}; use an RSRT "
                           f"file that covers the dataset, or caption the images")
-    wanted = {item.image_id for item in dataset.items}
-    extra_keys = sorted(set(by_key) - wanted)
+    dataset_ids = {item.image_id for item in dataset.items}
+    extra_keys = sorted(set(by_key) - dataset_ids)
     if extra_keys:
         logger.info("%s: left out %d records of images outside dataset %r (for example %s)",
                     path, len(extra_keys), dataset.name, extra_keys[:3])
